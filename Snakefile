@@ -1,0 +1,22 @@
+# The KDM pipeline for Snakemake: `snakemake --cores all`. Its stages are defined once in kdm/dag.py,
+# which also generates dvc.yaml, so both tools run the same commands on the same files.
+from snakemake.utils import min_version
+
+min_version("8.0")
+
+
+configfile: "params.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/teacher.smk"
+include: "workflow/rules/pairs.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/table.smk"
+
+
+rule all:
+    input:
+        dag.table(config).outs,
+    default_target: True

@@ -1,0 +1,114 @@
+"""The one CLI that Snakemake and DVC both call:
+
+    python -m kdm teacher EXP
+    python -m kdm pairs EXP SHARD
+    python -m kdm store EXP
+    python -m kdm train EXP {kdm,kd} SEED
+    python -m kdm evaluate EXP teacher | python -m kdm evaluate EXP {kdm,kd} SEED
+    python -m kdm table
+    python -m kdm dvc-yaml [--check]      # (re)generate dvc.yaml from params.yaml
+
+Options: --params PATH (default params.yaml). Exit status 2 for invalid params or arguments, 1 for a
+failed stage.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+from kdm import config, dag
+
+log = logging.getLogger("kdm")
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="python -m kdm", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("teacher").add_argument("exp")
+    s = sub.add_parser("pairs")
+    s.add_argument("exp")
+    s.add_argument("shard", type=int)
+    sub.add_parser("store").add_argument("exp")
+    s = sub.add_parser("train")
+    s.add_argument("exp")
+    s.add_argument("model", choices=dag.STUDENTS)
+    s.add_argument("seed", type=int)
+    s = sub.add_parser("evaluate")
+    s.add_argument("exp")
+    s.add_argument("model", choices=("teacher",) + dag.STUDENTS)
+    s.add_argument("seed", type=int, nargs="?")
+    sub.add_parser("table")
+    s = sub.add_parser("dvc-yaml", help="write dvc.yaml for params.yaml's experiments")
+    s.add_argument("--check", action="store_true", help="only check that dvc.yaml is up to date")
+    s.add_argument("--output", default="dvc.yaml")
+    return p
+
+
+def resolve_stage(params: dict, a) -> dag.Stage:
+    """The dag.Stage a command line names, after checking its arguments against params."""
+    if a.command == "table":
+        return dag.table(params)
+    if a.exp not in params or a.exp == "experiments":
+        known = sorted(k for k in params if k != "experiments")
+        raise config.ParamsError(f"experiment {a.exp!r}: no such section in {a.params}; expected one of {known}")
+    if a.command == "teacher":
+        return dag.teacher(a.exp)
+    if a.command == "pairs":
+        shards = params[a.exp]["pairs"]["shards"]
+        if not 0 <= a.shard < shards:
+            raise config.ParamsError(f"shard {a.shard}: expected 0 <= shard < {a.exp}.pairs.shards = {shards}")
+        return dag.pairs(a.exp, a.shard)
+    if a.command == "store":
+        return dag.store(a.exp, params[a.exp]["pairs"]["shards"])
+    if a.command == "evaluate" and a.model == "teacher":
+        return dag.evaluate_teacher(a.exp)
+    if a.seed is None:
+        raise config.ParamsError(f"{a.command} {a.exp} {a.model}: a training seed is required")
+    if a.seed not in params[a.exp]["train_seeds"]:
+        raise config.ParamsError(f"seed {a.seed}: not in {a.exp}.train_seeds = {params[a.exp]['train_seeds']}")
+    return (dag.train if a.command == "train" else dag.evaluate_student)(a.exp, a.model, a.seed)
+
+
+def main(argv=None) -> int:
+    a = _parser().parse_args(argv)
+    try:
+        params = config.load(a.params)
+        if a.command == "dvc-yaml":
+            return _dvc_yaml(params, Path(a.output), a.check)
+        stage = resolve_stage(params, a)
+    except config.ParamsError as e:
+        print(f"kdm: error: {e}", file=sys.stderr)
+        return 2
+    from kdm.io import setup_logging
+    setup_logging(stage.log)
+    log.info("stage %s: %s", stage.name, stage.cmd)
+    module = importlib.import_module(f"kdm.stages.{a.command}")
+    try:
+        module.run(stage, dag.stage_params(params, stage))
+    except (ValueError, FileNotFoundError, OSError) as e:
+        log.error("stage %s failed: %s", stage.name, e)
+        return 1
+    log.info("stage %s done", stage.name)
+    return 0
+
+
+def _dvc_yaml(params, output: Path, check: bool) -> int:
+    from kdm.io import atomic_path
+    text = dag.dvc_yaml(params)
+    if check:
+        if not output.is_file() or output.read_text() != text:
+            print(f"kdm: error: {output} is out of date with params; run `python -m kdm dvc-yaml`", file=sys.stderr)
+            return 1
+        return 0
+    with atomic_path(output) as tmp:
+        tmp.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

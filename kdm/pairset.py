@@ -1,0 +1,156 @@
+"""The pair format: a directory of .npy arrays (x0, xT, seeds[, labels]) plus manifest.json.
+
+Pair shards, the gathered store and the teacher's evaluation samples all use it. Arrays are plain
+.npy so training memory-maps them; the manifest records counts, shapes, dtypes, the seed range, the
+teacher and sampler settings and a sha256 per array, and `open_pairset` checks it on every open.
+Nothing here carries a timestamp, so the same pairs give the same bytes.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kdm.io import atomic_path, sha256_file
+
+FORMAT = "kdm-pairs/1"
+REQUIRED = ("x0", "xT", "seeds")
+
+
+class PairSetError(ValueError):
+    """A pair set is missing, corrupt or does not match what was expected."""
+
+
+@dataclass
+class PairSet:
+    path: Path
+    manifest: dict
+    arrays: dict            # name -> read-only np.memmap
+
+    def __len__(self):
+        return self.manifest["count"]
+
+    def __getitem__(self, name):
+        return self.arrays[name]
+
+    @property
+    def meta(self) -> dict:
+        return self.manifest["meta"]
+
+
+def _describe(arr: np.ndarray) -> dict:
+    return {"shape": list(arr.shape), "dtype": str(arr.dtype)}
+
+
+def write_pairset(path, arrays: dict, meta: dict) -> None:
+    """Write arrays + manifest atomically: the directory appears complete or not at all."""
+    missing = [k for k in REQUIRED if k not in arrays]
+    if missing:
+        raise ValueError(f"pair set {path}: missing arrays {missing}")
+    n = len(arrays["seeds"])
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        for name, arr in arrays.items():
+            arr = np.ascontiguousarray(arr)
+            if len(arr) != n:
+                raise ValueError(f"pair set {path}: array {name} has {len(arr)} rows, expected {n}")
+            np.save(tmp / f"{name}.npy", arr)
+        _write_manifest(tmp, n, list(arrays), meta)
+
+
+def _write_manifest(directory: Path, n: int, names, meta: dict) -> None:
+    seeds = np.load(directory / "seeds.npy", mmap_mode="r")
+    entries = {}
+    for name in names:
+        arr = np.load(directory / f"{name}.npy", mmap_mode="r")
+        entries[name] = {**_describe(arr), "bytes": (directory / f"{name}.npy").stat().st_size,
+                         "sha256": sha256_file(directory / f"{name}.npy")}
+    manifest = {"format": FORMAT, "count": n,
+                "seed_range": [int(seeds[0]), int(seeds[-1]) + 1] if n else [0, 0],
+                "arrays": entries, "meta": meta}
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def open_pairset(path, check: str = "full", expect_meta: dict | None = None) -> PairSet:
+    """Open and verify a pair set.
+
+    check="fast" compares every array's header (shape, dtype) and file size with the manifest;
+    check="full" also recomputes each sha256. `expect_meta` entries must equal the manifest's meta
+    (e.g. the teacher and sampler settings the caller was configured with).
+    """
+    path = Path(path)
+    mpath = path / "manifest.json"
+    if not mpath.is_file():
+        raise PairSetError(f"{mpath}: missing; expected a pair set written by the pairs or store stage")
+    try:
+        manifest = json.loads(mpath.read_text())
+        entries = manifest["arrays"]
+        count = manifest["count"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise PairSetError(f"{mpath}: corrupt manifest ({e!r})") from None
+    if manifest.get("format") != FORMAT:
+        raise PairSetError(f"{mpath}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    for name in REQUIRED:
+        if name not in entries:
+            raise PairSetError(f"{mpath}: no entry for required array {name!r}")
+    arrays = {}
+    for name, entry in entries.items():
+        f = path / f"{name}.npy"
+        if not f.is_file():
+            raise PairSetError(f"{f}: missing; the manifest lists it")
+        if f.stat().st_size != entry["bytes"]:
+            raise PairSetError(f"{f}: {f.stat().st_size} bytes, manifest says {entry['bytes']} (truncated or replaced)")
+        try:
+            arr = np.load(f, mmap_mode="r")
+        except (ValueError, OSError) as e:
+            raise PairSetError(f"{f}: not a readable .npy array ({e})") from None
+        if _describe(arr) != {"shape": entry["shape"], "dtype": entry["dtype"]}:
+            raise PairSetError(f"{f}: {_describe(arr)}, manifest says shape {entry['shape']} dtype {entry['dtype']}")
+        if len(arr) != count:
+            raise PairSetError(f"{f}: {len(arr)} rows, manifest count is {count}")
+        if check == "full" and sha256_file(f) != entry["sha256"]:
+            raise PairSetError(f"{f}: sha256 differs from the manifest (the file is corrupt or was changed)")
+        arrays[name] = arr
+    for key, want in (expect_meta or {}).items():
+        have = manifest["meta"].get(key)
+        if have != want:
+            raise PairSetError(f"{mpath}: meta.{key} is {have!r}, expected {want!r} "
+                               f"(pairs from a different {key}; re-run the pairs stage)")
+    return PairSet(path, manifest, arrays)
+
+
+def gather(sources: list, path, check: str = "full") -> PairSet:
+    """Concatenate pair sets with identical meta and contiguous seeds into one, streaming row blocks."""
+    parts = [open_pairset(p, check=check) for p in sources]
+    if not parts:
+        raise PairSetError(f"{path}: no shards to gather")
+    first = parts[0]
+    for p in parts[1:]:
+        if p.meta != first.meta:
+            diff = sorted(k for k in set(p.meta) | set(first.meta) if p.meta.get(k) != first.meta.get(k))
+            raise PairSetError(f"{p.path}: meta differs from {first.path} in {diff}; shards must come from "
+                               "the same teacher and sampler")
+        if set(p.arrays) != set(first.arrays):
+            raise PairSetError(f"{p.path}: arrays {sorted(p.arrays)} differ from {first.path}'s {sorted(first.arrays)}")
+        prev = parts[parts.index(p) - 1]
+        if p.manifest["seed_range"][0] != prev.manifest["seed_range"][1]:
+            raise PairSetError(f"{p.path}: seeds start at {p.manifest['seed_range'][0]}, expected "
+                               f"{prev.manifest['seed_range'][1]} (shards must be contiguous and in order)")
+    total = sum(len(p) for p in parts)
+    if total == 0:
+        raise PairSetError(f"{path}: the shards hold no pairs")
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        for name, arr in first.arrays.items():
+            out = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=arr.dtype,
+                                            shape=(total,) + arr.shape[1:])
+            row = 0
+            for p in parts:
+                out[row:row + len(p)] = p[name]
+                row += len(p)
+            out.flush()
+            del out
+        _write_manifest(tmp, total, list(first.arrays), first.meta)
+    return open_pairset(path, check="fast")

@@ -1,0 +1,48 @@
+"""Figures people look at: loss curves, sample scatters, the checkerboard analysis figure."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from kdm.io import atomic_path  # noqa: E402
+
+
+def _save(fig, path):
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+
+
+def loss_curve(rows: list[dict], path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps = [r["step"] for r in rows]
+    for key in rows[0]:
+        if key != "step":
+            ax.plot(steps, [r[key] for r in rows], label=key, lw=1.2 if key == "loss" else 0.8)
+    ax.set(xlabel="iteration", ylabel="loss", yscale="log", title=title)
+    ax.legend()
+    _save(fig, path)
+
+
+def scatter(x: np.ndarray, path, title: str, lim: float) -> None:
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.4, lw=0)
+    ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", title=title)
+    _save(fig, path)
+
+
+def analysis(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]], path, lim: float) -> None:
+    """The paper's 2x2 figure: per model, generated x_0 and its x_T, coloured by the KMeans cluster of
+    x_0; outliers (DBSCAN noise or |z| > 3) drawn as black crosses in both panels."""
+    fig, axes = plt.subplots(len(rows), 2, figsize=(8, 4 * len(rows)), squeeze=False)
+    for (name, x0, xT, cluster, outlier), (a0, aT) in zip(rows, axes):
+        for ax, pts, lbl in ((a0, x0, "x_0"), (aT, xT, "x_T")):
+            ax.scatter(pts[~outlier, 0], pts[~outlier, 1], c=cluster[~outlier], cmap="tab10", vmin=0, vmax=9,
+                       s=1.5, lw=0)
+            ax.scatter(pts[outlier, 0], pts[outlier, 1], c="k", marker="x", s=8, lw=0.6)
+            ax.set(aspect="equal", title=f"{name}: {lbl} ({outlier.sum()} outliers)")
+        a0.set(xlim=(-lim, lim), ylim=(-lim, lim))
+    _save(fig, path)

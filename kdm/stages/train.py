@@ -1,0 +1,39 @@
+"""train: fit one student (kdm or kd) on the pair store."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from kdm.pairset import open_pairset
+from kdm.students import rec_loss
+from kdm.training import build, train_loop, write_run
+
+
+def student_kwargs(model: str, p: dict, dim: int, x_T_scale: float) -> dict:
+    kwargs = dict(dim=dim, hidden=p["net"]["hidden"], layers=p["net"]["layers"], x_T_scale=x_T_scale)
+    if model == "kdm":
+        kwargs["latent_dim"] = p["latent_dim"]
+    return kwargs
+
+
+def run(stage, P):
+    model, seed = stage.args["model"], stage.args["seed"]
+    p = P[model]
+    (store_dir,) = stage.deps
+    store = open_pairset(store_dir, check="full")
+    x0_all, xT_all = store["x0"], store["xT"]
+    shape = x0_all.shape[1:]
+    kwargs = student_kwargs(model, p, int(np.prod(shape)), store.meta["sampler"]["sigma_max"])
+    net = build(model, kwargs, seed=seed)
+    rec = rec_loss(p["rec_loss"])
+    extra = {"latent_noise": p["latent_noise"]} if model == "kdm" else {}
+
+    def batch_losses(gen):
+        # sorted indices: memory-mapped reads in file order
+        idx = torch.randint(len(store), (p["batch"],), generator=gen).sort().values.numpy()
+        x0, xT = torch.from_numpy(x0_all[idx]), torch.from_numpy(xT_all[idx])
+        return net.losses(x0, xT, gen, rec=rec, **extra)
+
+    ema, rows = train_loop(net, batch_losses, p.get("loss_weights", {}), p, seed=seed,
+                           grad_clip=p["grad_clip"], desc=stage.name)
+    write_run(stage, model, kwargs, ema, shape, rows, {**P, "seed": seed, "store": store.manifest["arrays"]})

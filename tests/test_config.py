@@ -1,0 +1,63 @@
+"""params.yaml validation: every error names the key and what was expected."""
+import copy
+
+import pytest
+import yaml
+
+from kdm import config
+from kdm.config import ParamsError
+
+from conftest import ROOT
+
+
+def test_shipped_params_are_valid():
+    params = config.load(ROOT / "params.yaml")
+    assert params["experiments"]
+
+
+def _error(params) -> str:
+    with pytest.raises(ParamsError) as e:
+        config.validate(params, "p.yaml")
+    return str(e.value)
+
+
+@pytest.mark.parametrize("mutate,expect", [
+    (lambda p: p["checkerboard"]["kdm"].update(lr="fast"), ["checkerboard.kdm.lr", "'fast'", "number"]),
+    (lambda p: p["checkerboard"]["kdm"].update(lr=-1), ["checkerboard.kdm.lr", "exclusiveMinimum"]),
+    (lambda p: p["checkerboard"]["kdm"].update(learning_rate=1e-3), ["checkerboard.kdm", "learning_rate"]),
+    (lambda p: p["checkerboard"]["teacher"].pop("seed"), ["checkerboard.teacher", "'seed' is a required"]),
+    (lambda p: p["checkerboard"]["sampler"].update(steps=1), ["checkerboard.sampler.steps", "minimum"]),
+    (lambda p: p["checkerboard"]["data"].update(kind="moons"), ["checkerboard.data.kind", "enum"]),
+    (lambda p: p["checkerboard"]["pairs"].update(shards=3), ["checkerboard.pairs.shards", "divide"]),
+    (lambda p: p["checkerboard"]["kd"]["rec_loss"].update(kind="l3"), ["checkerboard.kd.rec_loss.kind"]),
+    (lambda p: p["checkerboard"]["kdm"].update(betas=[0.9]), ["checkerboard.kdm.betas"]),
+    (lambda p: p["checkerboard"]["evaluate"].update(seed_start=0), ["checkerboard.evaluate.seed_start", "overlap"]),
+    (lambda p: p["checkerboard"]["sampler"].update(sigma_min=100.0), ["checkerboard.sampler.sigma_min"]),
+    (lambda p: p.update(experiments=["nope"]), ["experiments", "'nope'"]),
+    (lambda p: p.update(experiments=[]), ["experiments"]),
+    (lambda p: p.pop("experiments"), ["'experiments' is a required"]),
+])
+def test_invalid_params_name_the_key(params, mutate, expect):
+    p = copy.deepcopy(params)
+    mutate(p)
+    message = _error(p)
+    assert message.startswith("p.yaml: ")
+    for fragment in expect:
+        assert fragment in message, message
+
+
+def test_malformed_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("experiments: [checkerboard\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        config.load(bad)
+    with pytest.raises(ParamsError, match="cannot read"):
+        config.load(tmp_path / "missing.yaml")
+    bad.write_text("- a list\n")
+    with pytest.raises(ParamsError, match="expected a mapping"):
+        config.load(bad)
+
+
+def test_schema_file_is_the_one_snakemake_validates_with():
+    assert "validate(config, str(kdm_config.SCHEMA_PATH))" in (ROOT / "workflow/rules/common.smk").read_text()
+    assert yaml.safe_load(config.SCHEMA_PATH.read_text())["$schema"].endswith("2020-12/schema")

@@ -1,0 +1,42 @@
+"""One DAG, two drivers: the Snakefile and dvc.yaml must describe the same jobs."""
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from kdm import config, dag
+
+from conftest import ROOT
+from workspace import Workspace, dvc_jobs, snakemake_jobs
+
+
+def test_committed_dvc_yaml_is_current():
+    out = subprocess.run([sys.executable, "-m", "kdm", "dvc-yaml", "--check"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("which", ["shipped", "tiny"])
+def test_snakemake_and_dvc_run_the_same_jobs(tmp_path, params, which):
+    if which == "shipped":
+        params = config.load(ROOT / "params.yaml")
+    ws = Workspace(tmp_path, params)
+    smk = snakemake_jobs(ws.snakemake("--forceall", "-n", "-p").stdout)
+    dvc = dvc_jobs(yaml.safe_load((tmp_path / "dvc.yaml").read_text()))
+    assert smk == dvc, f"only Snakemake: {smk - dvc}\nonly DVC: {dvc - smk}"
+    assert len(dvc) == len(dag.stages(params))
+
+
+def test_each_stage_declares_only_its_own_sections(params):
+    by_name = {s.name: s for s in dag.stages(params)}
+    assert by_name["checkerboard-train-kdm-s0"].params == ("checkerboard.kdm",)
+    assert by_name["checkerboard-train-kd-s0"].params == ("checkerboard.kd",)
+    assert "checkerboard.kdm" not in by_name["checkerboard-evaluate-kdm-s0"].params
+    for s in dag.stages(params):
+        for key in s.params:
+            config.section(params, key)          # every declared key exists
+
+
+def test_stage_params_are_exactly_the_declared_sections(params):
+    stage = dag.train("checkerboard", "kdm", 0)
+    assert dag.stage_params(params, stage) == {"kdm": params["checkerboard"]["kdm"]}

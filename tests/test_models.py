@@ -1,0 +1,106 @@
+"""Students, training loop, datasets and 2-D metrics."""
+import numpy as np
+import pytest
+import torch
+
+from kdm import metrics
+from kdm.datasets import Checkerboard
+from kdm.students import KoopmanStudent, OneStepStudent, rec_loss
+from kdm.training import EMA, build, load_model, save_model, train_loop
+
+
+def test_checkerboard_samples_lie_in_its_cells():
+    board = Checkerboard(4, 2.0)
+    x = board.sample(4000, torch.Generator().manual_seed(0))
+    cells = board.cell_of(x)
+    assert board.n_modes == 8 and (cells >= 0).all()
+    assert metrics.in_support_precision(cells) == 1.0 and metrics.mode_coverage(cells, 8) == 1.0
+    # the empty cells and the outside of the board are not in the support
+    outside = torch.tensor([[0.5, -0.5], [-1.5, -0.5], [2.5, 0.0], [0.0, -3.0]])
+    assert (board.cell_of(outside) == -1).all()
+
+
+def test_mode_coverage_counts_cells_with_one_percent():
+    cells = torch.tensor([0] * 195 + [1] * 4 + [2] + [-1] * 10)   # cell 1: 1.9%, cell 2: 0.48%
+    assert metrics.mode_coverage(cells, 8) == pytest.approx(2 / 8)
+
+
+def test_sliced_w2_is_zero_for_equal_samples_and_sees_a_shift():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 2, generator=g)
+    assert metrics.sliced_w2(x, x[torch.randperm(2000, generator=g)], 32, g) < 1e-12
+    shifted = metrics.sliced_w2(x, x + torch.tensor([0.5, 0.0]), 256, g)
+    assert shifted == pytest.approx(0.5 / np.sqrt(2), rel=0.1)   # E[cos^2] = 1/2 over directions
+
+
+def test_outliers_flag_an_isolated_point():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 0.05, (500, 2)), [[3.0, 3.0]]])
+    labels, outliers = metrics.clusters_and_outliers(x, k=2, seed=0)
+    assert outliers[-1] and outliers[:-1].mean() < 0.05 and set(labels) == {0, 1}
+
+
+def test_koopman_student_samples_through_E_T_C_D():
+    torch.manual_seed(0)
+    s = KoopmanStudent(dim=2, hidden=16, layers=3, latent_dim=8, x_T_scale=80.0)
+    x_T = torch.randn(5, 2) * 80
+    assert torch.equal(s(x_T), s.D(s.C(s.ET(x_T / 80.0))))
+    terms = s.losses(torch.randn(5, 2), x_T, torch.Generator().manual_seed(0), latent_noise=0.4, rec=rec_loss({"kind": "l2"}))
+    assert set(terms) == {"latent", "rec", "push"} and all(t.ndim == 0 for t in terms.values())
+    terms["latent"].backward()
+    assert s.E0[0].weight.grad.abs().sum() > 0, "z_0 must not be detached in the latent loss"
+    assert s.sampling_params() < sum(p.numel() for p in s.parameters())
+
+
+def test_pseudo_huber_between_l1_and_l2():
+    f = rec_loss({"kind": "pseudo_huber", "c": 0.03})
+    assert f(torch.zeros(1), torch.zeros(1)) == 0
+    assert f(torch.tensor([10.0]), torch.zeros(1)).item() == pytest.approx(10 - 0.03, abs=1e-3)
+
+
+def test_training_reduces_the_loss_and_is_deterministic():
+    def fit():
+        net = build("kd", dict(dim=2, hidden=32, layers=3, x_T_scale=1.0), seed=3)
+        def batch(gen):     # learn x_0 = -x_T
+            x_T = torch.randn(64, 2, generator=gen)
+            return net.losses(-x_T, x_T, gen, rec=rec_loss({"kind": "l2"}))
+        optim = dict(iterations=60, batch=64, lr=1e-2, lr_schedule="cosine", betas=[0.9, 0.999], ema=0.5, log_every=10)
+        return train_loop(net, batch, {}, optim, seed=5)
+    (ema1, rows1), (ema2, _) = fit(), fit()
+    assert rows1[-1]["loss"] < 0.1 * rows1[0]["loss"]
+    for a, b in zip(ema1.state_dict().values(), ema2.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_nonfinite_gradients_are_zeroed():
+    net = torch.nn.Linear(2, 1)
+    before = net.weight.detach().clone()
+    def batch(gen):
+        return {"bad": net(torch.ones(1, 2)).sum() * torch.tensor(float("nan"))}
+    optim = dict(iterations=3, batch=1, lr=0.1, lr_schedule="constant", betas=[0.9, 0.999], ema=0.9)
+    ema, _ = train_loop(net, batch, {}, optim, seed=0)
+    assert torch.equal(net.weight, before) and torch.isfinite(ema.weight).all()
+
+
+def test_ema_tracks_parameters():
+    net = torch.nn.Linear(1, 1, bias=False)
+    ema = EMA(net, decay=0.5)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    start = ema.module.weight.item()
+    ema.update(net)
+    assert ema.module.weight.item() == pytest.approx(0.5 * start + 0.5)
+
+
+def test_saved_model_roundtrip_and_corrupt_file(tmp_path):
+    kwargs = dict(dim=2, hidden=8, layers=2, latent_dim=4, x_T_scale=80.0)
+    net = build("kdm", kwargs, seed=0)
+    save_model(tmp_path / "m.pt", "kdm", kwargs, net, data_shape=(2,))
+    back = load_model(tmp_path / "m.pt")
+    x = torch.randn(3, 2)
+    assert torch.equal(back(x), net(x)) and back.data_shape == (2,)
+    (tmp_path / "bad.pt").write_bytes((tmp_path / "m.pt").read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"bad.pt: not a loadable model checkpoint"):
+        load_model(tmp_path / "bad.pt")
+    with pytest.raises(FileNotFoundError, match="missing.pt: missing"):
+        load_model(tmp_path / "missing.pt")

@@ -1,0 +1,70 @@
+"""A throw-away project workspace for end-to-end runs: params.yaml + generated dvc.yaml, driven by the
+repository's Snakefile (snakemake -s) and by DVC (dvc init --no-scm)."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from conftest import ROOT
+
+
+class Workspace:
+    def __init__(self, path: Path, params: dict):
+        self.path = path
+        self.env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        self.write_params(params)
+
+    def write_params(self, params: dict, dvc_yaml: bool = True):
+        (self.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        if dvc_yaml:
+            self.run(sys.executable, "-m", "kdm", "dvc-yaml")
+
+    def run(self, *cmd, check=True, timeout=600) -> subprocess.CompletedProcess:
+        r = subprocess.run(cmd, cwd=self.path, env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check and r.returncode:
+            raise AssertionError(f"{' '.join(cmd)} exited {r.returncode}\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")
+        return r
+
+    def snakemake(self, *args, check=True):
+        return self.run(sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--cores", "2", *args,
+                        check=check)
+
+    def dvc(self, *args, check=True):
+        if not (self.path / ".dvc").exists():
+            self.run(sys.executable, "-m", "dvc", "init", "--no-scm", "-q")
+            # the project's DVC settings (hardlinked cache, so adopting outputs keeps their mtimes)
+            project = (ROOT / ".dvc/config").read_text()
+            assert project.startswith("[core]\n")
+            (self.path / ".dvc/config").write_text(project.replace("[core]\n", "[core]\n    no_scm = True\n", 1))
+        return self.run(sys.executable, "-m", "dvc", *args, check=check)
+
+    def outputs(self) -> dict[str, int]:
+        """mtime (ns) of every file under results/."""
+        return {str(p.relative_to(self.path)): p.stat().st_mtime_ns
+                for p in sorted((self.path / "results").rglob("*")) if p.is_file()}
+
+
+def snakemake_jobs(dry_run_output: str) -> set[tuple]:
+    """(shell command, inputs, outputs) of each job in `snakemake -n -p` output."""
+    jobs = set()
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", dry_run_output):
+        m = re.search(r"^Shell command: (.+)$", block, re.M)
+        if not m or m.group(1).strip() == "None":      # `rule all` runs nothing
+            continue
+        field = lambda name: frozenset(re.search(rf"^\s+{name}: (.+)$", block, re.M).group(1).split(", ")) \
+            if re.search(rf"^\s+{name}: ", block, re.M) else frozenset()
+        jobs.add((m.group(1).strip(), field("input"), field("output")))
+    return jobs
+
+
+def dvc_jobs(dvc_yaml: dict) -> set[tuple]:
+    def paths(entries):
+        return frozenset(next(iter(e)) if isinstance(e, dict) else e for e in entries)
+    return {(s["cmd"], paths(s.get("deps", [])),
+             paths(s.get("outs", []) + s.get("metrics", []) + s.get("plots", [])))
+            for s in dvc_yaml["stages"].values()}

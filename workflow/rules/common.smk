@@ -1,0 +1,37 @@
+# Shared by every rule: params validation and helpers that turn kdm.dag stages into rule fields.
+from snakemake.utils import validate
+
+from kdm import config as kdm_config
+from kdm import dag
+
+# The CLI's check (the schema plus cross-key checks, with a message naming the key), then Snakemake's
+# own check against the same schema: bad params stop here, before any job runs.
+try:
+    kdm_config.validate(config, "params.yaml")
+except kdm_config.ParamsError as e:
+    raise ValueError(str(e)) from None
+validate(config, str(kdm_config.SCHEMA_PATH))
+if config != kdm_config.load("params.yaml"):
+    raise ValueError("params.yaml: the jobs read params.yaml itself, so --config/--configfile overrides "
+                     "would be ignored; edit params.yaml (or run in another --directory) instead")
+
+wildcard_constraints:
+    exp="[a-z][a-z0-9-]*",
+    shard=r"\d+",
+    model="|".join(dag.STUDENTS),
+    seed=r"\d+",
+
+
+def files(paths):
+    """kdm.dag paths as Snakemake files: a trailing '/' marks a directory."""
+    return [directory(p.rstrip("/")) if p.endswith("/") else p for p in paths]
+
+
+def inputs(build):
+    """An input function: the deps of the stage `build(wildcards)` returns."""
+    return lambda wc: [p.rstrip("/") for p in build(wc).deps]
+
+
+def declared_params(build):
+    """The params sections a stage reads; Snakemake re-runs the job when they change."""
+    return lambda wc: dag.stage_params(config, build(wc))

@@ -1,0 +1,26 @@
+rule pairs:
+    input:
+        inputs(lambda wc: dag.pairs(wc.exp, wc.shard)),
+    output:
+        files(dag.pairs("{exp}", "{shard}").outputs),
+    params:
+        declared=declared_params(lambda wc: dag.pairs(wc.exp, wc.shard)),
+    log:
+        dag.pairs("{exp}", "{shard}").log,
+    shell:
+        dag.pairs("{wildcards.exp}", "{wildcards.shard}").cmd
+
+
+def store_stage(wc):
+    return dag.store(wc.exp, config[wc.exp]["pairs"]["shards"])
+
+
+rule store:
+    input:
+        inputs(store_stage),
+    output:
+        files(dag.store("{exp}", 0).outputs),
+    log:
+        dag.store("{exp}", 0).log,
+    shell:
+        dag.store("{wildcards.exp}", 0).cmd
