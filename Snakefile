@@ -5,10 +5,7 @@ from snakemake.utils import min_version
 min_version("8.0")
 
 
-configfile: "params.yaml"
-
-
-include: "workflow/rules/common.smk"
+include: "workflow/rules/common.smk"  # checks params.yaml, then loads it as the config
 include: "workflow/rules/teacher.smk"
 include: "workflow/rules/pairs.smk"
 include: "workflow/rules/train.smk"

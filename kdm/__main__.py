@@ -7,6 +7,10 @@
     python -m kdm evaluate EXP teacher | python -m kdm evaluate EXP {kdm,kd} SEED
     python -m kdm table
     python -m kdm dvc-yaml [--check]      # (re)generate dvc.yaml from params.yaml
+    python -m kdm verify EXP              # full sha256 check of an experiment's pair shards and store
+
+Pair sets are checked on every open: a fast check (sizes, headers, hashes of each array's first and
+last MiB) by default, every byte with KDM_VERIFY=full in the environment.
 
 Options: --params PATH (default params.yaml). Exit status 2 for invalid params or arguments, 1 for a
 failed stage.
@@ -43,6 +47,7 @@ def _parser():
     s.add_argument("model", choices=("teacher",) + dag.STUDENTS)
     s.add_argument("seed", type=int, nargs="?")
     sub.add_parser("table")
+    sub.add_parser("verify", help="check every pair set of an experiment byte by byte").add_argument("exp")
     s = sub.add_parser("dvc-yaml", help="write dvc.yaml for params.yaml's experiments")
     s.add_argument("--check", action="store_true", help="only check that dvc.yaml is up to date")
     s.add_argument("--output", default="dvc.yaml")
@@ -80,6 +85,8 @@ def main(argv=None) -> int:
         params = config.load(a.params)
         if a.command == "dvc-yaml":
             return _dvc_yaml(params, Path(a.output), a.check)
+        if a.command == "verify":
+            return _verify(params, a.exp)
         stage = resolve_stage(params, a)
     except config.ParamsError as e:
         print(f"kdm: error: {e}", file=sys.stderr)
@@ -88,13 +95,35 @@ def main(argv=None) -> int:
     setup_logging(stage.log)
     log.info("stage %s: %s", stage.name, stage.cmd)
     module = importlib.import_module(f"kdm.stages.{a.command}")
+    from kdm.training import NonFiniteLoss
     try:
         module.run(stage, dag.stage_params(params, stage))
-    except (ValueError, FileNotFoundError, OSError) as e:
+    except (ValueError, OSError, NonFiniteLoss) as e:      # bad input or data: a message, not a traceback
         log.error("stage %s failed: %s", stage.name, e)
         return 1
     log.info("stage %s done", stage.name)
     return 0
+
+
+def _verify(params, exp) -> int:
+    """Full check of every pair set the experiment has written so far."""
+    from kdm.pairset import PairSetError, open_pairset
+    if exp not in params or exp == "experiments":
+        raise config.ParamsError(f"experiment {exp!r}: no such section in params")
+    dirs = [dag.shard_dir(exp, i) for i in range(params[exp]["pairs"]["shards"])] + [
+        dag.store_dir(exp), dag.evaluate_teacher(exp).outs[0]]
+    failed = 0
+    for d in dirs:
+        if not Path(d).exists():
+            print(f"{d}: not built yet")
+            continue
+        try:
+            ps = open_pairset(d, check="full")
+            print(f"{d}: ok ({len(ps)} pairs, sha256 of every array matches)")
+        except PairSetError as e:
+            failed += 1
+            print(f"{d}: FAILED: {e}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _dvc_yaml(params, output: Path, check: bool) -> int:

@@ -31,8 +31,8 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return error.message
     expected = {k: error.schema[k] for k in ("type", "enum", "minimum", "maximum", "exclusiveMinimum",
                                            "exclusiveMaximum", "pattern", "minItems", "maxItems",
-                                           "multipleOf") if k in error.schema}
-    return f"got {error.instance!r}, expected {expected or error.schema.get('description', error.message)}"
+                                           "multipleOf", "uniqueItems") if k in error.schema}
+    return f"got {error.instance!r}, expected {expected or error.schema.get('description')} ({error.message})"
 
 
 def validate(params: dict, source: str = "params.yaml") -> dict:
@@ -42,9 +42,12 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
     validator = jsonschema.Draft202012Validator(load_schema())
     errors = list(validator.iter_errors(params))
     if errors:
-        # the deepest error is the most specific: a bad `kdm.lr` also makes `kdm` fail as a whole
+        # the deepest error is the most specific: a bad `kdm.lr` also makes `kdm` fail as a whole; and a
+        # section that fails its shared part (allOf) also reports all its keys as unevaluated: prefer the cause
         depth = max(len(e.absolute_path) for e in errors)
-        error = jsonschema.exceptions.best_match(e for e in errors if len(e.absolute_path) == depth)
+        deepest = [e for e in errors if len(e.absolute_path) == depth]
+        causes = [e for e in deepest if e.validator != "unevaluatedProperties"] or deepest
+        error = jsonschema.exceptions.best_match(causes)
         raise ParamsError(f"{source}: {_dotted(error.absolute_path)}: {_describe(error)}")
     for name in params["experiments"]:
         if name not in params:

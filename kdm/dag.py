@@ -27,6 +27,7 @@ class Stage:
     log: str
     metrics: tuple[str, ...] = ()              # JSON metrics (outputs, not cached by DVC)
     plots: tuple[str, ...] = ()                # CSV / PNG plots (outputs, not cached by DVC)
+    scratch: str = ""                          # resumable partial work (not an output; kept across kills)
     args: dict = field(default_factory=dict, compare=False)  # the wildcard values
 
     @property
@@ -43,9 +44,11 @@ def student_run(model, seed):
 
 
 def model_files(exp, run):
-    """What a training stage writes: weights + resolved config, and its loss log and curve."""
+    """What a training stage writes: weights + resolved config, its loss log and curve; and where it
+    keeps its checkpoint while it runs."""
     d = _run_dir(exp, run)
-    return dict(outs=(f"{d}/model.pt", f"{d}/config.json"), plots=(f"{d}/train.csv", f"{d}/loss.png"))
+    return dict(outs=(f"{d}/model.pt", f"{d}/config.json"), plots=(f"{d}/train.csv", f"{d}/loss.png"),
+                scratch=f"{d}/checkpoint.pt")
 
 
 def teacher(exp):
@@ -66,7 +69,7 @@ def pairs(exp, shard):
     return Stage(name=f"{exp}-pairs-{shard}", cmd=f"python -m kdm pairs {exp} {shard}",
                  deps=(teacher_pt(exp),), outs=(shard_dir(exp, shard),),
                  params=(f"{exp}.sampler", f"{exp}.pairs"), log=f"logs/{exp}/pairs-{shard}.log",
-                 args=dict(exp=exp, shard=shard))
+                 scratch=f"results/{exp}/pairs/.shard-{shard}.partial/", args=dict(exp=exp, shard=shard))
 
 
 def store_dir(exp):
@@ -74,9 +77,10 @@ def store_dir(exp):
 
 
 def store(exp, shards):
+    # the teacher and the sampler/pairs params are read to check that every shard matches them
     return Stage(name=f"{exp}-store", cmd=f"python -m kdm store {exp}",
-                 deps=tuple(shard_dir(exp, i) for i in range(shards)), outs=(store_dir(exp),),
-                 params=(), log=f"logs/{exp}/store.log", args=dict(exp=exp))
+                 deps=tuple(shard_dir(exp, i) for i in range(shards)) + (teacher_pt(exp),), outs=(store_dir(exp),),
+                 params=(f"{exp}.sampler", f"{exp}.pairs"), log=f"logs/{exp}/store.log", args=dict(exp=exp))
 
 
 def train(exp, model, seed):

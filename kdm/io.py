@@ -28,6 +28,9 @@ def atomic_path(path: str | Path):
     _remove(tmp)
     try:
         yield tmp
+        if tmp.is_file():
+            with open(tmp, "rb") as f:       # on disk before the rename makes it visible
+                os.fsync(f.fileno())
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -55,6 +58,11 @@ def read_json(path: str | Path):
         raise FileNotFoundError(f"{path}: missing; expected the output of an earlier stage") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e}); the file is corrupt, delete it and re-run") from None
+
+
+def fingerprint(*parts) -> str:
+    """A hash of everything a piece of resumable work depends on: saved progress is reused only if it matches."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:

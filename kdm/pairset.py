@@ -7,7 +7,9 @@ Nothing here carries a timestamp, so the same pairs give the same bytes.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,27 @@ from kdm.io import atomic_path, sha256_file
 
 FORMAT = "kdm-pairs/1"
 REQUIRED = ("x0", "xT", "seeds")
+EDGE = 1 << 20      # the fast check hashes this many bytes at each end of every array
+
+
+def default_check() -> str:
+    """'fast' (sizes, headers, hashes of both ends) unless KDM_VERIFY=full asks for every byte."""
+    check = os.environ.get("KDM_VERIFY", "fast")
+    if check not in ("fast", "full"):
+        raise ValueError(f"KDM_VERIFY={check!r}: expected 'fast' or 'full'")
+    return check
+
+
+def edge_sha256(path: Path) -> str:
+    """sha256 of the first and last EDGE bytes: catches a replaced header or a corrupted end cheaply."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        h.update(f.read(EDGE))
+        if size > EDGE:
+            f.seek(max(EDGE, size - EDGE))
+            h.update(f.read())
+    return h.hexdigest()
 
 
 class PairSetError(ValueError):
@@ -65,21 +88,24 @@ def _write_manifest(directory: Path, n: int, names, meta: dict) -> None:
     entries = {}
     for name in names:
         arr = np.load(directory / f"{name}.npy", mmap_mode="r")
-        entries[name] = {**_describe(arr), "bytes": (directory / f"{name}.npy").stat().st_size,
-                         "sha256": sha256_file(directory / f"{name}.npy")}
+        f = directory / f"{name}.npy"
+        entries[name] = {**_describe(arr), "bytes": f.stat().st_size, "sha256": sha256_file(f),
+                         "edge_sha256": edge_sha256(f)}
     manifest = {"format": FORMAT, "count": n,
                 "seed_range": [int(seeds[0]), int(seeds[-1]) + 1] if n else [0, 0],
                 "arrays": entries, "meta": meta}
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-def open_pairset(path, check: str = "full", expect_meta: dict | None = None) -> PairSet:
+def open_pairset(path, check: str | None = None, expect_meta: dict | None = None) -> PairSet:
     """Open and verify a pair set.
 
-    check="fast" compares every array's header (shape, dtype) and file size with the manifest;
-    check="full" also recomputes each sha256. `expect_meta` entries must equal the manifest's meta
-    (e.g. the teacher and sampler settings the caller was configured with).
+    check="fast" compares every array's header (shape, dtype), file size and the hash of its first
+    and last MiB with the manifest; check="full" recomputes each whole sha256; None = default_check().
+    `expect_meta` entries must equal the manifest's meta (e.g. the teacher and sampler settings the
+    caller was configured with).
     """
+    check = check or default_check()
     path = Path(path)
     mpath = path / "manifest.json"
     if not mpath.is_file():
@@ -112,6 +138,8 @@ def open_pairset(path, check: str = "full", expect_meta: dict | None = None) -> 
             raise PairSetError(f"{f}: {len(arr)} rows, manifest count is {count}")
         if check == "full" and sha256_file(f) != entry["sha256"]:
             raise PairSetError(f"{f}: sha256 differs from the manifest (the file is corrupt or was changed)")
+        if check == "fast" and edge_sha256(f) != entry.get("edge_sha256"):
+            raise PairSetError(f"{f}: the hash of its first/last MiB differs from the manifest (corrupt or changed)")
         arrays[name] = arr
     for key, want in (expect_meta or {}).items():
         have = manifest["meta"].get(key)
@@ -121,9 +149,9 @@ def open_pairset(path, check: str = "full", expect_meta: dict | None = None) -> 
     return PairSet(path, manifest, arrays)
 
 
-def gather(sources: list, path, check: str = "full") -> PairSet:
+def gather(sources: list, path, expect_meta: dict | None = None, expect_seeds: tuple | None = None) -> PairSet:
     """Concatenate pair sets with identical meta and contiguous seeds into one, streaming row blocks."""
-    parts = [open_pairset(p, check=check) for p in sources]
+    parts = [open_pairset(p, expect_meta=expect_meta) for p in sources]
     if not parts:
         raise PairSetError(f"{path}: no shards to gather")
     first = parts[0]
@@ -141,6 +169,10 @@ def gather(sources: list, path, check: str = "full") -> PairSet:
     total = sum(len(p) for p in parts)
     if total == 0:
         raise PairSetError(f"{path}: the shards hold no pairs")
+    seeds = [first.manifest["seed_range"][0], parts[-1].manifest["seed_range"][1]]
+    if expect_seeds is not None and seeds != list(expect_seeds):
+        raise PairSetError(f"{path}: the shards hold seeds {seeds[0]}..{seeds[1] - 1} ({total} pairs), expected "
+                           f"{expect_seeds[0]}..{expect_seeds[1] - 1} from the pairs params")
     with atomic_path(path) as tmp:
         tmp.mkdir()
         for name, arr in first.arrays.items():
@@ -153,4 +185,4 @@ def gather(sources: list, path, check: str = "full") -> PairSet:
             out.flush()
             del out
         _write_manifest(tmp, total, list(first.arrays), first.meta)
-    return open_pairset(path, check="fast")
+    return open_pairset(path)

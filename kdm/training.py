@@ -71,20 +71,53 @@ class EMA:
             e.copy_(b)
 
 
+class NonFiniteLoss(RuntimeError):
+    """The loss stayed NaN/inf for too many consecutive steps."""
+
+
+def _load_checkpoint(path: Path | None, want: str):
+    if path is None or not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a checkpoint cut short by a kill is not trusted
+        log.warning("ignoring unreadable checkpoint %s (%s: %s); starting from scratch", path, type(e).__name__, e)
+        return None
+    if state.get("run_id") != want:
+        log.warning("ignoring checkpoint %s: it was made with other params or data; starting from scratch", path)
+        return None
+    return state
+
+
 def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator], dict], weights: dict,
-               optim: dict, seed: int, grad_clip: float = 0.0, desc: str = "train"):
+               optim: dict, seed: int, grad_clip: float = 0.0, desc: str = "train",
+               checkpoint: Path | None = None, run_id: str = ""):
     """Adam on sum(weights[k] * loss_k), lr constant or cosine-decayed; returns (EMA module, log rows).
 
-    Non-finite gradient entries are zeroed, as in the authors' code. `batch_losses` draws its batch and
-    any noise from the generator it is given, so the whole run is a pure function of `seed`.
+    Non-finite gradient entries are zeroed, as in the authors' code; a loss that stays non-finite for
+    `optim["max_nonfinite_steps"]` steps raises NonFiniteLoss, leaving the last good checkpoint.
+    `batch_losses` draws its batch and any noise from the generator it is given, so the run is a pure
+    function of `seed`. Every `optim["checkpoint_every"]` steps the model, EMA, optimiser and RNG
+    states go to `checkpoint`; a later call with the same `run_id` (kdm.io.fingerprint of what the run
+    depends on) resumes there and ends with bitwise the same weights as an uninterrupted run.
     """
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=optim["lr"], betas=tuple(optim["betas"]))
     ema = EMA(model, optim["ema"])
-    every = optim.get("log_every", 100)
-    rows, iters = [], optim["iterations"]
+    every, iters = optim.get("log_every", 100), optim["iterations"]
+    ckpt_every, max_bad = optim.get("checkpoint_every", 0), optim.get("max_nonfinite_steps", 100)
+    rows, start, bad = [], 0, 0
+    state = _load_checkpoint(checkpoint, run_id)
+    if state:
+        model.load_state_dict(state["model"])
+        ema.module.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+        rows, start = state["rows"], state["iteration"]
+        log.info("%s: resumed from checkpoint %s at iteration %d", desc, checkpoint, start)
     model.train()
-    bar = tqdm(range(iters), desc=desc, mininterval=2.0, miniters=1)
+    bar = tqdm(range(start, iters), desc=desc, mininterval=2.0, miniters=1, initial=start, total=iters)
     for it in bar:
         if optim["lr_schedule"] == "cosine":
             for group in opt.param_groups:
@@ -100,6 +133,12 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
         ema.update(model)
+        bad = 0 if torch.isfinite(loss) else bad + 1
+        if bad >= max_bad:
+            kept = f"the last good checkpoint is kept at {checkpoint}" if checkpoint and checkpoint.is_file() \
+                else "no checkpoint had been written"
+            raise NonFiniteLoss(f"{desc}: loss was non-finite for {bad} consecutive steps (up to iteration "
+                                f"{it + 1}); {kept}. Lower the learning rate or check the data.")
         if it % every == 0 or it == iters - 1:
             row = {"step": it + 1, "loss": loss.item(), **{k: v.item() for k, v in terms.items()}}
             rows.append(row)
@@ -107,6 +146,11 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
             if it % (every * 10) == 0 or it == iters - 1:
                 log.info("%s step %d/%d %s", desc, it + 1, iters,
                          " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step"))
+        if checkpoint and ckpt_every and (it + 1) % ckpt_every == 0 and it + 1 < iters and bad == 0:
+            with atomic_path(checkpoint) as tmp:
+                torch.save({"run_id": run_id, "iteration": it + 1, "model": model.state_dict(),
+                            "ema": ema.module.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
+                            "torch_rng": torch.get_rng_state(), "rows": rows}, tmp)
     return ema.module, rows
 
 
@@ -128,3 +172,5 @@ def write_run(stage, arch: str, kwargs: dict, module, data_shape, rows: list[dic
     write_json(config_json, {"stage": stage.name, "arch": arch, "kwargs": kwargs, "params": resolved,
                              "provenance": provenance()})
     save_model(model_pt, arch, kwargs, module, data_shape)   # last: its presence marks the run complete
+    if stage.scratch:
+        Path(stage.scratch).unlink(missing_ok=True)          # done: a later run starts afresh

@@ -20,13 +20,14 @@ def teacher(tmp_path_factory):
 
 def run_shards(teacher, tmp_path, count, shards, batch):
     pairs = {"count": count, "shards": shards, "batch": batch, "seed_start": 100}
-    out = []
+    dirs = []
     for i in range(shards):
-        stage = dag.Stage(name=f"p{i}", cmd="", deps=(str(teacher),), outs=(str(tmp_path / f"b{batch}-n{shards}-{i}"),),
-                          params=(), log="", args={"shard": i})
+        out = tmp_path / f"b{batch}-n{shards}-{i}"
+        stage = dag.Stage(name=f"p{i}", cmd="", deps=(str(teacher),), outs=(str(out),), params=(), log="",
+                          scratch=f"{out}.partial/", args={"shard": i})
         pairs_stage.run(stage, {"pairs": pairs, "sampler": SAMPLER})
-        out.append(stage.outs[0])
-    return out
+        dirs.append(stage.outs[0])
+    return dirs
 
 
 def concat(dirs, name):

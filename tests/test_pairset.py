@@ -48,17 +48,35 @@ def test_gather_refuses_mismatched_or_gapped_shards(tmp_path):
 
 
 def test_corruption_is_detected_and_named(tmp_path):
-    make(tmp_path / "a", 0, 50)
+    make(tmp_path / "a", 0, 400_000)                  # 3.2 MB arrays: larger than the fast check's two ends
     x0 = tmp_path / "a" / "x0.npy"
     raw = bytearray(x0.read_bytes())
-    raw[-3] ^= 0xFF                                   # flip bits inside the data, size unchanged
+    raw[len(raw) // 2] ^= 0xFF                        # flip bits in the middle, size unchanged
     x0.write_bytes(bytes(raw))
-    open_pairset(tmp_path / "a", check="fast")        # header and size still fine
+    open_pairset(tmp_path / "a", check="fast")        # the fast check does not read the middle ...
     with pytest.raises(PairSetError, match=r"x0.npy: sha256 differs"):
-        open_pairset(tmp_path / "a", check="full")
+        open_pairset(tmp_path / "a", check="full")    # ... the full one does
+    raw[-3] ^= 0xFF                                   # near the end: the fast check sees it
+    x0.write_bytes(bytes(raw))
+    with pytest.raises(PairSetError, match=r"x0.npy: the hash of its first/last MiB differs"):
+        open_pairset(tmp_path / "a", check="fast")
     x0.write_bytes(bytes(raw[:-16]))                  # truncated
     with pytest.raises(PairSetError, match=r"x0.npy: \d+ bytes, manifest says"):
         open_pairset(tmp_path / "a", check="fast")
+
+
+def test_full_check_on_demand_from_the_environment(tmp_path, monkeypatch):
+    make(tmp_path / "a", 0, 400_000)
+    raw = bytearray((tmp_path / "a" / "xT.npy").read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    (tmp_path / "a" / "xT.npy").write_bytes(bytes(raw))
+    open_pairset(tmp_path / "a")
+    monkeypatch.setenv("KDM_VERIFY", "full")
+    with pytest.raises(PairSetError, match="xT.npy: sha256 differs"):
+        open_pairset(tmp_path / "a")
+    monkeypatch.setenv("KDM_VERIFY", "everything")
+    with pytest.raises(ValueError, match="KDM_VERIFY='everything'"):
+        open_pairset(tmp_path / "a")
 
 
 def test_missing_or_corrupt_manifest(tmp_path):

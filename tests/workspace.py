@@ -43,6 +43,12 @@ class Workspace:
             (self.path / ".dvc/config").write_text(project.replace("[core]\n", "[core]\n    no_scm = True\n", 1))
         return self.run(sys.executable, "-m", "dvc", *args, check=check)
 
+    def stage_target(self, name: str) -> str:
+        """A Snakemake target that builds the DVC stage `name` (its first output)."""
+        import kdm.config
+        from kdm import dag
+        return dag.find(kdm.config.load(self.path / "params.yaml"), name).outputs[0].rstrip("/")
+
     def outputs(self) -> dict[str, int]:
         """mtime (ns) of every file under results/."""
         return {str(p.relative_to(self.path)): p.stat().st_mtime_ns

@@ -59,7 +59,7 @@ def run_student(stage, P):
     data, ev = datasets.make(P["data"]), P["evaluate"]
     model_pt, samples_dir = stage.deps
     net = load_model(model_pt)
-    teacher = open_pairset(samples_dir, check="full")
+    teacher = open_pairset(samples_dir)
     xT = torch.from_numpy(np.asarray(teacher["xT"]))
     with torch.inference_mode():
         x0 = net(xT)

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import logging
+import shutil
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from kdm.edm import edm_sampler, nfe, seed_noise
-from kdm.io import sha256_file
+from kdm.io import atomic_path, fingerprint, sha256_file
 from kdm.pairset import write_pairset
 from kdm.training import load_model
 
@@ -26,24 +28,54 @@ def teacher_identity(model_pt) -> dict:
     return {"path": str(model_pt), "sha256": sha256_file(model_pt)}
 
 
-def sample(net, seeds: np.ndarray, sampler: dict, batch: int, desc: str):
+def pairs_meta(model_pt, P) -> dict:
+    """What a pair set records of how it was made; the store checks every shard against it."""
+    return {"teacher": teacher_identity(model_pt), "sampler": P["sampler"], "batch": P["pairs"]["batch"]}
+
+
+def sample(net, seeds: np.ndarray, sampler: dict, batch: int, desc: str, partial: Path | None = None,
+           run_id: str = ""):
     """(x_T, x_0) for `seeds`: x_T = sigma_max * eps(seed), x_0 = Heun ODE solution, in batches.
 
     A short last batch is padded to `batch` rows: CPU matmul kernels differ for very small batches
     (last-bit differences), so padding makes each pair independent of where the seed range ends and
-    thus byte-identical for any shard count at a fixed batch size.
+    thus byte-identical for any shard count at a fixed batch size. With `partial` (a directory of its
+    own), each finished batch is saved there and a rerun with the same `run_id` reuses them.
     """
     shape = net.data_shape
     xT = np.empty((len(seeds),) + shape, np.float32)
     x0 = np.empty_like(xT)
+    done = _resume(partial, run_id) if partial else set()
     for lo in tqdm(range(0, len(seeds), batch), desc=desc, mininterval=2.0):
         hi = min(lo + batch, len(seeds))
         noise = sampler["sigma_max"] * seed_noise(seeds[lo:hi], shape)
-        padded = torch.cat([noise, noise[-1:].expand(batch - len(noise), *shape)])
         xT[lo:hi] = noise.numpy()
+        if lo in done:
+            x0[lo:hi] = np.load(partial / f"{lo:012d}.npy")
+            continue
+        padded = torch.cat([noise, noise[-1:].expand(batch - len(noise), *shape)])
         x0[lo:hi] = edm_sampler(net, padded, sampler["steps"], sampler["sigma_min"], sampler["sigma_max"],
                                 sampler["rho"])[:hi - lo].numpy()
+        if partial:
+            with atomic_path(partial / f"{lo:012d}.npy") as tmp, open(tmp, "wb") as f:
+                np.save(f, x0[lo:hi])
+    if done:
+        log.info("%s: resumed; %d of %d batches were already done", desc, len(done), -(-len(seeds) // batch))
     return xT, x0
+
+
+def _resume(partial: Path, run_id: str) -> set[int]:
+    """Start offsets of the batches already saved in `partial` for this exact run; else start it clean."""
+    if partial.resolve() == Path.cwd().resolve() or not partial.name.endswith(".partial"):
+        raise ValueError(f"{partial}: a resume directory must be named *.partial")   # never clear anything else
+    stamp = partial / "run_id"
+    if stamp.is_file() and stamp.read_text() == run_id:
+        return {int(f.stem) for f in partial.glob("[0-9]*.npy")}
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    stamp.write_text(run_id)
+    return set()
 
 
 def run(stage, P):
@@ -55,6 +87,10 @@ def run(stage, P):
     seeds = shard_seeds(pairs, shard)
     log.info("shard %d: seeds %d..%d, %d NFE per pair, torch threads %d", shard, seeds[0], seeds[-1],
              nfe(sampler["steps"]), torch.get_num_threads())
-    xT, x0 = sample(net, seeds, sampler, pairs["batch"], desc=stage.name)
-    meta = {"teacher": teacher_identity(model_pt), "sampler": sampler, "batch": pairs["batch"]}
+    meta = pairs_meta(model_pt, P)
+    partial = Path(stage.scratch) if stage.scratch else None
+    xT, x0 = sample(net, seeds, sampler, pairs["batch"], desc=stage.name, partial=partial,
+                    run_id=fingerprint(meta, int(seeds[0]), len(seeds)))
     write_pairset(out, {"x0": x0, "xT": xT, "seeds": seeds}, meta)
+    if partial:
+        shutil.rmtree(partial)

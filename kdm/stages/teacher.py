@@ -1,8 +1,11 @@
 """teacher: train an EDM-preconditioned denoiser on the experiment's data with the EDM loss."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from kdm import datasets
 from kdm.edm import edm_loss
+from kdm.io import fingerprint
 from kdm.training import build, train_loop, write_run
 
 
@@ -15,5 +18,6 @@ def run(stage, P):
     def batch_losses(gen):
         return {"edm": edm_loss(net, data.sample(t["batch"], gen), gen, t["P_mean"], t["P_std"])}
 
-    ema, rows = train_loop(net, batch_losses, {}, t, seed=t["seed"], desc=stage.name)
+    ema, rows = train_loop(net, batch_losses, {}, t, seed=t["seed"], desc=stage.name,
+                           checkpoint=Path(stage.scratch), run_id=fingerprint(P))
     write_run(stage, "teacher", kwargs, ema, data.shape, rows, P)

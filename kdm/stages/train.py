@@ -1,11 +1,14 @@
 """train: fit one student (kdm or kd) on the pair store."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from kdm.pairset import open_pairset
 from kdm.students import rec_loss
+from kdm.io import fingerprint
 from kdm.training import build, train_loop, write_run
 
 
@@ -20,7 +23,7 @@ def run(stage, P):
     model, seed = stage.args["model"], stage.args["seed"]
     p = P[model]
     (store_dir,) = stage.deps
-    store = open_pairset(store_dir, check="full")
+    store = open_pairset(store_dir)
     x0_all, xT_all = store["x0"], store["xT"]
     shape = x0_all.shape[1:]
     kwargs = student_kwargs(model, p, int(np.prod(shape)), store.meta["sampler"]["sigma_max"])
@@ -35,5 +38,6 @@ def run(stage, P):
         return net.losses(x0, xT, gen, rec=rec, **extra)
 
     ema, rows = train_loop(net, batch_losses, p.get("loss_weights", {}), p, seed=seed,
-                           grad_clip=p["grad_clip"], desc=stage.name)
+                           grad_clip=p["grad_clip"], desc=stage.name, checkpoint=Path(stage.scratch),
+                           run_id=fingerprint(P, seed, store.manifest["arrays"]))
     write_run(stage, model, kwargs, ema, shape, rows, {**P, "seed": seed, "store": store.manifest["arrays"]})

@@ -4,14 +4,19 @@ from snakemake.utils import validate
 from kdm import config as kdm_config
 from kdm import dag
 
-# The CLI's check (the schema plus cross-key checks, with a message naming the key), then Snakemake's
-# own check against the same schema: bad params stop here, before any job runs.
+# The CLI's check of params.yaml (the schema plus cross-key checks, with a message naming the key),
+# then Snakemake's own check against the same schema: bad params stop here, before any job runs.
 try:
-    kdm_config.validate(config, "params.yaml")
+    PARAMS = kdm_config.load("params.yaml")
 except kdm_config.ParamsError as e:
     raise ValueError(str(e)) from None
+
+
+configfile: "params.yaml"
+
+
 validate(config, str(kdm_config.SCHEMA_PATH))
-if config != kdm_config.load("params.yaml"):
+if config != PARAMS:
     raise ValueError("params.yaml: the jobs read params.yaml itself, so --config/--configfile overrides "
                      "would be ignored; edit params.yaml (or run in another --directory) instead")
 
