@@ -102,3 +102,64 @@ def test_bad_params_fail_both_tools_cleanly(tmp_path, case, mutate, fragments):
 
 def test_suite_size():
     assert len(PARAMS_CASES) >= 30
+
+
+@pytest.fixture(scope="module")
+def built_store(tmp_path_factory):
+    """A tiny workspace with teacher, shards and store, made by the CLI stages."""
+    ws = Workspace(tmp_path_factory.mktemp("files"), tiny_params())
+    import sys
+    for args in (["teacher", "checkerboard"], ["pairs", "checkerboard", "0"], ["pairs", "checkerboard", "1"],
+                 ["store", "checkerboard"]):
+        ws.run(sys.executable, "-m", "kdm", *args)
+    return ws
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _flip_tail(path):
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+# (id, file under results/checkerboard to damage, how, the stage that reads it, message fragments)
+FILE_CASES = [
+    ("teacher-truncated", "teacher/model.pt", _truncate, ["pairs", "checkerboard", "0"],
+     ["teacher/model.pt", "not a loadable model checkpoint"]),
+    ("teacher-missing", "teacher/model.pt", lambda p: p.unlink(), ["evaluate", "checkerboard", "teacher"],
+     ["teacher/model.pt: missing"]),
+    ("store-truncated", "store/x0.npy", _truncate, ["train", "checkerboard", "kdm", "0"],
+     ["store/x0.npy", "bytes, manifest says"]),
+    ("store-corrupt-tail", "store/xT.npy", _flip_tail, ["train", "checkerboard", "kd", "0"],
+     ["store/xT.npy", "first/last MiB differs"]),
+    ("store-manifest-garbage", "store/manifest.json", lambda p: p.write_text("{"), ["train", "checkerboard", "kdm", "0"],
+     ["store/manifest.json", "corrupt manifest"]),
+    ("shard-missing", "pairs/shard-1", lambda p: __import__("shutil").rmtree(p), ["store", "checkerboard"],
+     ["pairs/shard-1/manifest.json: missing"]),
+    ("shard-other-sampler", "pairs/shard-0/manifest.json",
+     lambda p: p.write_text(p.read_text().replace('"steps": 6', '"steps": 7')), ["store", "checkerboard"],
+     ["pairs/shard-0/manifest.json", "meta.sampler", "re-run the pairs stage"]),
+    ("shard-other-teacher", "pairs/shard-1/manifest.json",
+     lambda p: p.write_text(__import__("re").sub(r'"sha256": "[0-9a-f]{64}"(?=\s*\},\s*"sampler")', '"sha256": "' + "0" * 64 + '"', p.read_text())),
+     ["store", "checkerboard"], ["pairs/shard-1/manifest.json", "meta.teacher"]),
+]
+
+
+@pytest.mark.parametrize("case,rel,damage,stage,fragments", FILE_CASES, ids=[c[0] for c in FILE_CASES])
+def test_damaged_files_are_named_and_nothing_is_written(built_store, tmp_path, case, rel, damage, stage, fragments):
+    import shutil
+    import sys
+    ws = Workspace.__new__(Workspace)
+    ws.path, ws.env = tmp_path / "ws", built_store.env
+    shutil.copytree(built_store.path, ws.path)
+    damage(ws.path / "results/checkerboard" / rel)
+    before = set(ws.outputs())
+    r = ws.run(sys.executable, "-m", "kdm", *stage, check=False)
+    assert r.returncode == 1, r.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in r.stderr, f"{fragment!r} not in\n{r.stderr[-2000:]}"
+    assert set(ws.outputs()) <= before, f"new files: {set(ws.outputs()) - before}"
