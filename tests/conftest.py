@@ -19,7 +19,7 @@ def tiny_params() -> dict:
     for student in ("kdm", "kd"):
         exp[student].update(iterations=30, batch=64, log_every=10, net={"hidden": 32, "layers": 3})
     exp["kdm"]["latent_dim"] = 16
-    exp["evaluate"].update(samples=500, speed_repeats=2, sw2_projections=16)
+    exp["evaluate"].update(samples=500, batch=500, speed_repeats=2, sw2_projections=16)
     return {"experiments": ["checkerboard"], "checkerboard": exp}
 
 

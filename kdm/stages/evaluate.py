@@ -41,7 +41,7 @@ def run_teacher(stage, P):
     model_pt = stage.deps[0]
     net = load_model(model_pt)
     seeds = np.arange(ev["seed_start"], ev["seed_start"] + ev["samples"], dtype=np.int64)
-    xT, x0 = sample(net, seeds, sampler, batch=4096, desc=stage.name)
+    xT, x0 = sample(net, seeds, sampler, ev["batch"], desc=stage.name)
     (samples_dir,) = stage.outs
     write_pairset(samples_dir, {"x0": x0, "xT": xT, "seeds": seeds},
                   {"teacher": teacher_identity(model_pt), "sampler": sampler})
