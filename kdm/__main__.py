@@ -110,8 +110,8 @@ def _verify(params, exp) -> int:
     from kdm.pairset import PairSetError, open_pairset
     if exp not in params or exp == "experiments":
         raise config.ParamsError(f"experiment {exp!r}: no such section in params")
-    dirs = [dag.shard_dir(exp, i) for i in range(params[exp]["pairs"]["shards"])] + [
-        dag.store_dir(exp), dag.evaluate_teacher(exp).outs[0]]
+    dirs = [d.rstrip("/") for d in [dag.shard_dir(exp, i) for i in range(params[exp]["pairs"]["shards"])]
+            + [dag.store_dir(exp), dag.evaluate_teacher(exp).outs[0]]]
     failed = 0
     for d in dirs:
         if not Path(d).exists():

@@ -163,3 +163,19 @@ def test_damaged_files_are_named_and_nothing_is_written(built_store, tmp_path, c
     for fragment in fragments:
         assert fragment in r.stderr, f"{fragment!r} not in\n{r.stderr[-2000:]}"
     assert set(ws.outputs()) <= before, f"new files: {set(ws.outputs()) - before}"
+
+
+def test_verify_checks_every_byte_of_every_pair_set(built_store, tmp_path):
+    import shutil
+    import sys
+    ws = Workspace.__new__(Workspace)
+    ws.path, ws.env = tmp_path / "ws", built_store.env
+    shutil.copytree(built_store.path, ws.path)
+    ok = ws.run(sys.executable, "-m", "kdm", "verify", "checkerboard")
+    assert ok.stdout.count(": ok (") == 3 and "eval/teacher/samples: not built yet" in ok.stdout
+    x0 = ws.path / "results/checkerboard/pairs/shard-1/x0.npy"
+    raw = bytearray(x0.read_bytes())
+    raw[200] ^= 0x01
+    x0.write_bytes(bytes(raw))
+    bad = ws.run(sys.executable, "-m", "kdm", "verify", "checkerboard", check=False)
+    assert bad.returncode == 1 and "pairs/shard-1/x0.npy: sha256 differs" in bad.stderr
