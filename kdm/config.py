@@ -59,6 +59,10 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
         if pairs["count"] % pairs["shards"]:
             raise ParamsError(f"{source}: {name}.pairs.shards: {pairs['shards']} does not divide "
                               f"{name}.pairs.count = {pairs['count']}; expected a divisor")
+        kdm = exp["kdm"]
+        if kdm["operator"]["kind"] == "decomposed" and kdm["latent_dim"] % 2:
+            raise ParamsError(f"{source}: {name}.kdm.latent_dim: {kdm['latent_dim']} is odd; a decomposed "
+                              "operator pairs the latent's halves as real and imaginary parts, expected an even number")
         sampler = exp["sampler"]
         if sampler["sigma_min"] >= sampler["sigma_max"]:
             raise ParamsError(f"{source}: {name}.sampler.sigma_min: {sampler['sigma_min']} must be "

@@ -85,9 +85,12 @@ def store(exp, shards):
 
 def train(exp, model, seed):
     run = student_run(model, seed)
+    files = model_files(exp, run)
+    if model == "kdm":      # every KDM run also draws the spectrum of its operator
+        files["plots"] += (f"{_run_dir(exp, run)}/spectrum.png",)
     return Stage(name=f"{exp}-train-{run}", cmd=f"python -m kdm train {exp} {model} {seed}",
                  deps=(store_dir(exp),), params=(f"{exp}.{model}",), log=f"logs/{exp}/train-{run}.log",
-                 args=dict(exp=exp, model=model, seed=seed), **model_files(exp, run))
+                 args=dict(exp=exp, model=model, seed=seed), **files)
 
 
 def eval_dir(exp, run):

@@ -46,3 +46,16 @@ def analysis(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarra
             ax.set(aspect="equal", title=f"{name}: {lbl} ({outlier.sum()} outliers)")
         a0.set(xlim=(-lim, lim), ylim=(-lim, lim))
     _save(fig, path)
+
+
+def spectrum(matrix, path, title: str) -> None:
+    """Eigenvalues of a Koopman operator in the complex plane, with the unit circle."""
+    import torch
+    eig = torch.linalg.eigvals(matrix.to(torch.float64)).numpy()
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    t = np.linspace(0, 2 * np.pi, 400)
+    ax.plot(np.cos(t), np.sin(t), "k-", lw=0.8)
+    ax.scatter(eig.real, eig.imag, s=6)
+    lim = max(1.1, float(np.abs(eig).max()) * 1.05)
+    ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", xlabel="Re", ylabel="Im", title=title)
+    _save(fig, path)

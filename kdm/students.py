@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdm.koopman import make_operator
 from kdm.nets import count_params, mlp
 
 
@@ -24,12 +25,13 @@ class KoopmanStudent(nn.Module):
     E_T sees x_T / x_T_scale (unit variance) so its first layer needs no special initialisation.
     """
 
-    def __init__(self, dim: int, hidden: int, layers: int, latent_dim: int, x_T_scale: float):
+    def __init__(self, dim: int, hidden: int, layers: int, latent_dim: int, x_T_scale: float,
+                 operator: dict | None = None):
         super().__init__()
         self.E0 = mlp(dim, latent_dim, hidden, layers)
         self.ET = mlp(dim, latent_dim, hidden, layers)
         self.D = mlp(latent_dim, dim, hidden, layers)
-        self.C = nn.Linear(latent_dim, latent_dim)      # affine, as the authors' nn.Linear(d, d)
+        self.C = make_operator(operator or {"kind": "dense"}, latent_dim)
         self.x_T_scale = x_T_scale
 
     def forward(self, x_T):
@@ -44,7 +46,8 @@ class KoopmanStudent(nn.Module):
         z0_pushed = self.C(zT_noisy)
         return {"latent": F.mse_loss(z0_pushed, z0),          # z0 is not detached
                 "rec": rec(self.D(z0_noisy), x0),
-                "push": rec(self.D(z0_pushed), x0)}
+                "push": rec(self.D(z0_pushed), x0),
+                **self.C.losses()}                              # decomposed C: inverse [+ eigen]
 
     def sampling_params(self) -> int:
         return count_params(self.ET, self.C, self.D)

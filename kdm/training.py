@@ -166,7 +166,7 @@ def write_run(stage, arch: str, kwargs: dict, module, data_shape, rows: list[dic
     from kdm.io import provenance, write_json
     from kdm.plots import loss_curve
     model_pt, config_json = stage.outs
-    train_csv, loss_png = stage.plots
+    train_csv, loss_png = stage.plots[:2]
     write_rows(train_csv, rows)
     loss_curve(rows, loss_png, title=stage.name)
     write_json(config_json, {"stage": stage.name, "arch": arch, "kwargs": kwargs, "params": resolved,

@@ -107,3 +107,16 @@ def test_invalid_params_stop_both_tools_before_writing(tmp_path, params, mutate,
         assert r.returncode != 0
         assert key in r.stdout + r.stderr, r.stdout + r.stderr
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("*"))
+
+
+def test_decomposed_operator_runs_through_the_pipeline(tmp_path, params):
+    params["checkerboard"]["kdm"]["operator"] = {"kind": "decomposed", "eigen_loss": "target"}
+    params["checkerboard"]["kdm"]["loss_weights"].update(inverse=1.0, eigen=0.1)
+    ws = Workspace(tmp_path, params)
+    ws.snakemake("results/checkerboard/eval/kdm-s0/metrics.json")
+    run = tmp_path / "results/checkerboard/kdm-s0"
+    assert (run / "spectrum.png").stat().st_size > 1000
+    header = (run / "train.csv").read_text().splitlines()[0].split(",")
+    assert {"inverse", "eigen"} <= set(header)
+    import json
+    assert json.loads((run / "config.json").read_text())["kwargs"]["operator"]["kind"] == "decomposed"

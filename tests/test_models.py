@@ -104,3 +104,49 @@ def test_saved_model_roundtrip_and_corrupt_file(tmp_path):
         load_model(tmp_path / "bad.pt")
     with pytest.raises(FileNotFoundError, match="missing.pt: missing"):
         load_model(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("eigen_loss", ["none", "target", "unit_circle"])
+def test_decomposed_operator_equals_the_dense_matrix_it_represents(eigen_loss):
+    from kdm.koopman import DecomposedOperator
+    torch.manual_seed(0)
+    op = DecomposedOperator(12, eigen_loss=eigen_loss)
+    with pytest.raises(ValueError, match="even latent dimension"):
+        DecomposedOperator(7)
+    with torch.no_grad():
+        op.bias.normal_()
+    z = torch.randn(5, 12, dtype=torch.float32)
+    assert torch.allclose(op(z), z @ op.matrix().T + op.bias, atol=1e-5)
+    lam_re, lam_im = op.eigenvalues()
+    assert ((lam_re ** 2 + lam_im ** 2).sqrt() <= 1).all()
+    terms = op.losses()
+    assert set(terms) == ({"inverse"} if eigen_loss == "none" else {"inverse", "eigen"})
+
+
+def test_decomposed_operator_with_exact_inverse_has_its_eigenvalues():
+    """With Q = P^-1 the real block matrix of P diag(lambda) P^-1 has exactly the eigenvalues lambda and
+    their conjugates, and the inverse-consistency loss is zero."""
+    from kdm.koopman import DecomposedOperator
+    torch.manual_seed(1)
+    op = DecomposedOperator(12).double()
+    Q = torch.linalg.inv(torch.complex(op.P_re, op.P_im))
+    with torch.no_grad():
+        op.Q_re.copy_(Q.real)
+        op.Q_im.copy_(Q.imag)
+    assert op.losses()["inverse"] < 1e-20
+    lam = torch.complex(*op.eigenvalues())
+    want = torch.cat([lam, lam.conj()])
+    got = torch.linalg.eigvals(op.matrix())
+    key = lambda v: torch.sort(v.real * 1e3 + v.imag).values
+    assert torch.allclose(key(got), key(want), atol=1e-6)
+
+
+def test_koopman_student_with_decomposed_operator_trains_its_extra_losses():
+    torch.manual_seed(0)
+    s = KoopmanStudent(dim=2, hidden=16, layers=3, latent_dim=8, x_T_scale=80.0,
+                       operator={"kind": "decomposed", "eigen_loss": "unit_circle"})
+    terms = s.losses(torch.randn(4, 2), torch.randn(4, 2) * 80, torch.Generator().manual_seed(0),
+                     latent_noise=0.4, rec=rec_loss({"kind": "l2"}))
+    assert set(terms) == {"latent", "rec", "push", "inverse", "eigen"}
+    sum(terms.values()).backward()
+    assert s.C.nu.grad is not None and s.C.P_im.grad.abs().sum() > 0

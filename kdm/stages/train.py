@@ -8,6 +8,7 @@ import torch
 
 from kdm.pairset import open_pairset
 from kdm.students import rec_loss
+from kdm import plots
 from kdm.io import fingerprint
 from kdm.training import build, train_loop, write_run
 
@@ -15,7 +16,7 @@ from kdm.training import build, train_loop, write_run
 def student_kwargs(model: str, p: dict, dim: int, x_T_scale: float) -> dict:
     kwargs = dict(dim=dim, hidden=p["net"]["hidden"], layers=p["net"]["layers"], x_T_scale=x_T_scale)
     if model == "kdm":
-        kwargs["latent_dim"] = p["latent_dim"]
+        kwargs.update(latent_dim=p["latent_dim"], operator=p["operator"])
     return kwargs
 
 
@@ -40,4 +41,6 @@ def run(stage, P):
     ema, rows = train_loop(net, batch_losses, p.get("loss_weights", {}), p, seed=seed,
                            grad_clip=p["grad_clip"], desc=stage.name, checkpoint=Path(stage.scratch),
                            run_id=fingerprint(P, seed, store.manifest["arrays"]))
+    if model == "kdm":
+        plots.spectrum(ema.C.matrix().detach(), stage.plots[2], title=f"{stage.name}: eigenvalues of C")
     write_run(stage, model, kwargs, ema, shape, rows, {**P, "seed": seed, "store": store.manifest["arrays"]})
