@@ -19,5 +19,5 @@ def run(stage, P):
         return {"edm": edm_loss(net, data.sample(t["batch"], gen), gen, t["P_mean"], t["P_std"])}
 
     ema, rows = train_loop(net, batch_losses, {}, t, seed=t["seed"], desc=stage.name,
-                           checkpoint=Path(stage.scratch), run_id=fingerprint(P))
+                           checkpoint=Path(stage.scratch) if stage.scratch else None, run_id=fingerprint(P))
     write_run(stage, "teacher", kwargs, ema, data.shape, rows, P)

@@ -39,7 +39,8 @@ def run(stage, P):
         return net.losses(x0, xT, gen, rec=rec, **extra)
 
     ema, rows = train_loop(net, batch_losses, p.get("loss_weights", {}), p, seed=seed,
-                           grad_clip=p["grad_clip"], desc=stage.name, checkpoint=Path(stage.scratch),
+                           grad_clip=p["grad_clip"], desc=stage.name,
+                           checkpoint=Path(stage.scratch) if stage.scratch else None,
                            run_id=fingerprint(P, seed, store.manifest["arrays"]))
     if model == "kdm":
         plots.spectrum(ema.C.matrix().detach(), stage.plots[2], title=f"{stage.name}: eigenvalues of C")
