@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from kdm.edm import EDMPrecond
+from kdm.fidelity import ImageClassifier
 from kdm.io import atomic_path
 from kdm.nets import DenoiserMLP
 from kdm.students import KoopmanStudent, OneStepStudent
@@ -27,7 +28,7 @@ def _teacher(dim, hidden, layers, emb_dim, emb_scale, sigma_data):
     return EDMPrecond(DenoiserMLP(dim, hidden, layers, emb_dim, emb_scale), sigma_data)
 
 
-ARCHS = {"teacher": _teacher, "kdm": KoopmanStudent, "kd": OneStepStudent}
+ARCHS = {"teacher": _teacher, "kdm": KoopmanStudent, "kd": OneStepStudent, "classifier": ImageClassifier}
 
 
 def build(arch: str, kwargs: dict, seed: int) -> torch.nn.Module:
