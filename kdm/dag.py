@@ -177,8 +177,8 @@ def dvc_yaml(params) -> str:
             entry["outs"] = [_strip(o) for o in s.outs]
         if s.metrics:
             entry["metrics"] = [{m: {"cache": False}} for m in s.metrics]
-        if s.plots:
-            entry["plots"] = [{p: {"cache": False}} for p in s.plots]
+        if s.plots:     # CSV loss logs plot against their step column (`dvc plots show`)
+            entry["plots"] = [{p: {"cache": False, **({"x": "step"} if p.endswith(".csv") else {})}} for p in s.plots]
         out[s.name] = entry
     header = ("# Generated from params.yaml by `python -m kdm dvc-yaml` (kdm/dag.py): do not edit by hand.\n"
               "# Snakemake runs the same stages (Snakefile); tests/test_dag.py checks that the two agree.\n")
