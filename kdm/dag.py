@@ -11,6 +11,7 @@ Paths ending in "/" are directory outputs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import yaml
 
@@ -33,6 +34,11 @@ class Stage:
     @property
     def outputs(self) -> tuple[str, ...]:
         return self.outs + self.metrics + self.plots
+
+    @property
+    def scratch_path(self) -> Path | None:
+        """Where the stage keeps resumable progress; None when it has no such place (never the cwd)."""
+        return Path(self.scratch) if self.scratch else None
 
 
 def _run_dir(exp, run):

@@ -173,5 +173,5 @@ def write_run(stage, arch: str, kwargs: dict, module, data_shape, rows: list[dic
     write_json(config_json, {"stage": stage.name, "arch": arch, "kwargs": kwargs, "params": resolved,
                              "provenance": provenance()})
     save_model(model_pt, arch, kwargs, module, data_shape)   # last: its presence marks the run complete
-    if stage.scratch:
-        Path(stage.scratch).unlink(missing_ok=True)          # done: a later run starts afresh
+    if stage.scratch_path:
+        stage.scratch_path.unlink(missing_ok=True)           # done: a later run starts afresh

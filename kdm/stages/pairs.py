@@ -86,7 +86,7 @@ def run(stage, P):
     log.info("shard %d: seeds %d..%d, %d NFE per pair, torch threads %d", shard, seeds[0], seeds[-1],
              nfe(sampler["steps"]), torch.get_num_threads())
     meta = pairs_meta(model_pt, P)
-    partial = Path(stage.scratch) if stage.scratch else None
+    partial = stage.scratch_path
     xT, x0 = sample(net, seeds, sampler, pairs["batch"], desc=stage.name, partial=partial,
                     run_id=fingerprint(meta, int(seeds[0]), len(seeds)))
     write_pairset(out, {"x0": x0, "xT": xT, "seeds": seeds}, meta)

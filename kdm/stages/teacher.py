@@ -1,8 +1,6 @@
 """teacher: train an EDM-preconditioned denoiser on the experiment's data with the EDM loss."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from kdm import datasets
 from kdm.edm import edm_loss
 from kdm.io import fingerprint
@@ -19,5 +17,5 @@ def run(stage, P):
         return {"edm": edm_loss(net, data.sample(t["batch"], gen), gen, t["P_mean"], t["P_std"])}
 
     ema, rows = train_loop(net, batch_losses, {}, t, seed=t["seed"], desc=stage.name,
-                           checkpoint=Path(stage.scratch) if stage.scratch else None, run_id=fingerprint(P))
+                           checkpoint=stage.scratch_path, run_id=fingerprint(P))
     write_run(stage, "teacher", kwargs, ema, data.shape, rows, P)

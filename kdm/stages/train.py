@@ -1,15 +1,13 @@
 """train: fit one student (kdm or kd) on the pair store."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from kdm.pairset import open_pairset
-from kdm.students import rec_loss
 from kdm import plots
 from kdm.io import fingerprint
+from kdm.pairset import open_pairset
+from kdm.students import rec_loss
 from kdm.training import build, train_loop, write_run
 
 
@@ -40,7 +38,7 @@ def run(stage, P):
 
     ema, rows = train_loop(net, batch_losses, p.get("loss_weights", {}), p, seed=seed,
                            grad_clip=p["grad_clip"], desc=stage.name,
-                           checkpoint=Path(stage.scratch) if stage.scratch else None,
+                           checkpoint=stage.scratch_path,
                            run_id=fingerprint(P, seed, store.manifest["arrays"]))
     if model == "kdm":
         plots.spectrum(ema.C.matrix().detach(), stage.plots[2], title=f"{stage.name}: eigenvalues of C")
