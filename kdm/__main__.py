@@ -7,7 +7,7 @@
     python -m kdm evaluate EXP teacher | python -m kdm evaluate EXP {kdm,kd} SEED
     python -m kdm table
     python -m kdm dvc-yaml [--check]      # (re)generate dvc.yaml from params.yaml
-    python -m kdm verify EXP              # full sha256 check of an experiment's pair shards and store
+    python -m kdm verify EXP              # full sha256 check of the pair shards, store and teacher samples
 
 Pair sets are checked on every open: a fast check (sizes, headers, hashes of each array's first and
 last MiB) by default, every byte with KDM_VERIFY=full in the environment.
@@ -54,13 +54,17 @@ def _parser():
     return p
 
 
+def _check_experiment(params: dict, exp: str, source: str) -> None:
+    if exp not in params or exp == "experiments":
+        known = sorted(k for k in params if k != "experiments")
+        raise config.ParamsError(f"experiment {exp!r}: no such section in {source}; expected one of {known}")
+
+
 def resolve_stage(params: dict, a) -> dag.Stage:
     """The dag.Stage a command line names, after checking its arguments against params."""
     if a.command == "table":
         return dag.table(params)
-    if a.exp not in params or a.exp == "experiments":
-        known = sorted(k for k in params if k != "experiments")
-        raise config.ParamsError(f"experiment {a.exp!r}: no such section in {a.params}; expected one of {known}")
+    _check_experiment(params, a.exp, a.params)
     if a.command == "teacher":
         return dag.teacher(a.exp)
     if a.command == "pairs":
@@ -71,6 +75,8 @@ def resolve_stage(params: dict, a) -> dag.Stage:
     if a.command == "store":
         return dag.store(a.exp, params[a.exp]["pairs"]["shards"])
     if a.command == "evaluate" and a.model == "teacher":
+        if a.seed is not None:
+            raise config.ParamsError(f"evaluate {a.exp} teacher: the teacher has no training seed, got {a.seed}")
         return dag.evaluate_teacher(a.exp)
     if a.seed is None:
         raise config.ParamsError(f"{a.command} {a.exp} {a.model}: a training seed is required")
@@ -86,6 +92,7 @@ def main(argv=None) -> int:
         if a.command == "dvc-yaml":
             return _dvc_yaml(params, Path(a.output), a.check)
         if a.command == "verify":
+            _check_experiment(params, a.exp, a.params)
             return _verify(params, a.exp)
         stage = resolve_stage(params, a)
     except config.ParamsError as e:
@@ -108,8 +115,6 @@ def main(argv=None) -> int:
 def _verify(params, exp) -> int:
     """Full check of every pair set the experiment has written so far."""
     from kdm.pairset import PairSetError, open_pairset
-    if exp not in params or exp == "experiments":
-        raise config.ParamsError(f"experiment {exp!r}: no such section in params")
     dirs = [d.rstrip("/") for d in [dag.shard_dir(exp, i) for i in range(params[exp]["pairs"]["shards"])]
             + [dag.store_dir(exp), dag.evaluate_teacher(exp).outs[0]]]
     failed = 0
@@ -120,7 +125,7 @@ def _verify(params, exp) -> int:
         try:
             ps = open_pairset(d, check="full")
             print(f"{d}: ok ({len(ps)} pairs, sha256 of every array matches)")
-        except PairSetError as e:
+        except (PairSetError, OSError) as e:
             failed += 1
             print(f"{d}: FAILED: {e}", file=sys.stderr)
     return 1 if failed else 0

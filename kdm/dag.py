@@ -148,18 +148,6 @@ def stages(params) -> list[Stage]:
     return out
 
 
-def find(params, name: str) -> Stage:
-    for stage in stages_all(params):
-        if stage.name == name:
-            return stage
-    raise KeyError(name)
-
-
-def stages_all(params) -> list[Stage]:
-    """Every stage of every experiment in params, whether or not it runs by default."""
-    return stages({**params, "experiments": [k for k in params if k != "experiments"]})
-
-
 def stage_params(params, stage: Stage) -> dict:
     """The params a stage reads, keyed by their section name (e.g. 'kdm', 'sampler')."""
     from kdm.config import section

@@ -1,5 +1,5 @@
 """Image metrics through torch-fidelity (FID, KID, precision, recall) with a feature extractor that
-works offline: a small classifier trained on the experiment's own images, registered with
+works offline: a small classifier (to be trained on an image experiment's own data), registered with
 torch-fidelity under a name that carries the sha256 of its weights (torch-fidelity caches statistics
 by name, so a retrained classifier can never reuse stale statistics).
 """

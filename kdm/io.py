@@ -24,18 +24,39 @@ def atomic_path(path: str | Path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):     # left by a killed writer
+        if not _alive(stale.name.rsplit("-", 1)[-1]):
+            _remove(stale)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     _remove(tmp)
     try:
         yield tmp
-        if tmp.is_file():
-            with open(tmp, "rb") as f:       # on disk before the rename makes it visible
-                os.fsync(f.fileno())
+        for f in ([tmp] if tmp.is_file() else sorted(tmp.rglob("*")) + [tmp]):
+            _fsync(f)                        # on disk before the rename makes it visible
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         os.replace(tmp, path)
+        _fsync(path.parent)
     finally:
         _remove(tmp)
+
+
+def _fsync(path: Path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _remove(path: Path):
@@ -61,7 +82,10 @@ def read_json(path: str | Path):
 
 
 def fingerprint(*parts) -> str:
-    """A hash of everything a piece of resumable work depends on: saved progress is reused only if it matches."""
+    """A hash of everything a piece of resumable work depends on - `parts` plus the code revision and the
+    torch version: saved progress is reused only if it matches."""
+    import torch
+    parts = (*parts, code_revision(), torch.__version__)
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -112,10 +112,15 @@ def open_pairset(path, check: str | None = None, expect_meta: dict | None = None
         raise PairSetError(f"{mpath}: missing; expected a pair set written by the pairs or store stage")
     try:
         manifest = json.loads(mpath.read_text())
-        entries = manifest["arrays"]
-        count = manifest["count"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise PairSetError(f"{mpath}: corrupt manifest ({e!r})") from None
+        entries, count = manifest["arrays"], manifest["count"]
+        for name, entry in entries.items():
+            missing = {"shape", "dtype", "bytes", "sha256", "edge_sha256"} - set(entry)
+            if missing:
+                raise KeyError(f"arrays.{name} lacks {sorted(missing)}")
+        if not isinstance(manifest["meta"], dict) or len(manifest["seed_range"]) != 2:
+            raise TypeError("meta must be a mapping and seed_range a pair")
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise PairSetError(f"{mpath}: corrupt manifest ({e})") from None
     if manifest.get("format") != FORMAT:
         raise PairSetError(f"{mpath}: format {manifest.get('format')!r}, expected {FORMAT!r}")
     for name in REQUIRED:
@@ -138,7 +143,7 @@ def open_pairset(path, check: str | None = None, expect_meta: dict | None = None
             raise PairSetError(f"{f}: {len(arr)} rows, manifest count is {count}")
         if check == "full" and sha256_file(f) != entry["sha256"]:
             raise PairSetError(f"{f}: sha256 differs from the manifest (the file is corrupt or was changed)")
-        if check == "fast" and edge_sha256(f) != entry.get("edge_sha256"):
+        if check == "fast" and edge_sha256(f) != entry["edge_sha256"]:
             raise PairSetError(f"{f}: the hash of its first/last MiB differs from the manifest (corrupt or changed)")
         arrays[name] = arr
     for key, want in (expect_meta or {}).items():
@@ -155,14 +160,13 @@ def gather(sources: list, path, expect_meta: dict | None = None, expect_seeds: t
     if not parts:
         raise PairSetError(f"{path}: no shards to gather")
     first = parts[0]
-    for p in parts[1:]:
+    for prev, p in zip(parts, parts[1:]):
         if p.meta != first.meta:
             diff = sorted(k for k in set(p.meta) | set(first.meta) if p.meta.get(k) != first.meta.get(k))
             raise PairSetError(f"{p.path}: meta differs from {first.path} in {diff}; shards must come from "
                                "the same teacher and sampler")
         if set(p.arrays) != set(first.arrays):
             raise PairSetError(f"{p.path}: arrays {sorted(p.arrays)} differ from {first.path}'s {sorted(first.arrays)}")
-        prev = parts[parts.index(p) - 1]
         if p.manifest["seed_range"][0] != prev.manifest["seed_range"][1]:
             raise PairSetError(f"{p.path}: seeds start at {p.manifest['seed_range'][0]}, expected "
                                f"{prev.manifest['seed_range'][1]} (shards must be contiguous and in order)")

@@ -102,3 +102,24 @@ def test_wrong_shape_against_manifest(tmp_path):
     (tmp_path / "a" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(PairSetError, match=r"xT.npy: .*shape.*\[4, 3\].*manifest says shape \[4, 2\]"):
         open_pairset(tmp_path / "a", check="fast")
+
+
+def test_manifest_missing_entry_keys_is_a_clear_error(tmp_path):
+    make(tmp_path / "a", 0, 4)
+    m = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    del m["arrays"]["x0"]["bytes"]
+    (tmp_path / "a" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(PairSetError, match=r"corrupt manifest .*arrays.x0 lacks \['bytes'\]"):
+        open_pairset(tmp_path / "a")
+
+
+def test_stale_temporaries_of_killed_writers_are_removed(tmp_path):
+    import subprocess
+    import sys
+    from kdm.io import write_json
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".out.json.tmp-{int(dead.stdout)}"
+    stale.mkdir()
+    (stale / "x0.npy").write_bytes(b"half written")
+    write_json(tmp_path / "out.json", {"a": 1})
+    assert not stale.exists() and json.loads((tmp_path / "out.json").read_text()) == {"a": 1}

@@ -47,7 +47,8 @@ class Workspace:
         """A Snakemake target that builds the DVC stage `name` (its first output)."""
         import kdm.config
         from kdm import dag
-        return dag.find(kdm.config.load(self.path / "params.yaml"), name).outputs[0].rstrip("/")
+        (stage,) = [s for s in dag.stages(kdm.config.load(self.path / "params.yaml")) if s.name == name]
+        return stage.outputs[0].rstrip("/")
 
     def outputs(self) -> dict[str, int]:
         """mtime (ns) of every file under results/."""

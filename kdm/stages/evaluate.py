@@ -6,7 +6,6 @@ student is evaluated on exactly the same noise and drawn beside the teacher in t
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
