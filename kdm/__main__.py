@@ -1,10 +1,12 @@
 """The one CLI that Snakemake and DVC both call:
 
+    python -m kdm classifier EXP          # image experiments: the evaluator's feature extractor
     python -m kdm teacher EXP
     python -m kdm pairs EXP SHARD
     python -m kdm store EXP
     python -m kdm train EXP {kdm,kd} SEED
     python -m kdm evaluate EXP teacher | python -m kdm evaluate EXP {kdm,kd} SEED
+    python -m kdm evaluate EXP data       # image experiments: the evaluator's floor on real images
     python -m kdm table
     python -m kdm dvc-yaml [--check]      # (re)generate dvc.yaml from params.yaml
     python -m kdm verify EXP              # full sha256 check of the pair shards, store and teacher samples
@@ -33,6 +35,7 @@ def _parser():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("classifier").add_argument("exp")
     sub.add_parser("teacher").add_argument("exp")
     s = sub.add_parser("pairs")
     s.add_argument("exp")
@@ -44,7 +47,7 @@ def _parser():
     s.add_argument("seed", type=int)
     s = sub.add_parser("evaluate")
     s.add_argument("exp")
-    s.add_argument("model", choices=("teacher",) + dag.STUDENTS)
+    s.add_argument("model", choices=("data", "teacher") + dag.STUDENTS)
     s.add_argument("seed", type=int, nargs="?")
     sub.add_parser("table")
     sub.add_parser("verify", help="check every pair set of an experiment byte by byte").add_argument("exp")
@@ -67,6 +70,12 @@ def resolve_stage(params: dict, a) -> dag.Stage:
     _check_experiment(params, a.exp, a.params)
     if a.command == "teacher":
         return dag.teacher(a.exp)
+    if a.command == "classifier" or (a.command == "evaluate" and a.model == "data"):
+        if not dag.images(params, a.exp):
+            raise config.ParamsError(f"{a.command} {a.exp}: only image experiments have a classifier and a real-data "
+                                     f"floor; {a.exp}.data.kind is {params[a.exp]['data']['kind']!r}")
+        if a.command == "classifier":
+            return dag.classifier(a.exp)
     if a.command == "pairs":
         shards = params[a.exp]["pairs"]["shards"]
         if not 0 <= a.shard < shards:
@@ -74,15 +83,17 @@ def resolve_stage(params: dict, a) -> dag.Stage:
         return dag.pairs(a.exp, a.shard)
     if a.command == "store":
         return dag.store(a.exp, params[a.exp]["pairs"]["shards"])
-    if a.command == "evaluate" and a.model == "teacher":
+    if a.command == "evaluate" and a.model in ("data", "teacher"):
         if a.seed is not None:
-            raise config.ParamsError(f"evaluate {a.exp} teacher: the teacher has no training seed, got {a.seed}")
-        return dag.evaluate_teacher(a.exp)
+            raise config.ParamsError(f"evaluate {a.exp} {a.model}: the {a.model} has no training seed, got {a.seed}")
+        return (dag.evaluate_data if a.model == "data" else dag.evaluate_teacher)(params, a.exp)
     if a.seed is None:
         raise config.ParamsError(f"{a.command} {a.exp} {a.model}: a training seed is required")
     if a.seed not in params[a.exp]["train_seeds"]:
         raise config.ParamsError(f"seed {a.seed}: not in {a.exp}.train_seeds = {params[a.exp]['train_seeds']}")
-    return (dag.train if a.command == "train" else dag.evaluate_student)(a.exp, a.model, a.seed)
+    if a.command == "train":
+        return dag.train(a.exp, a.model, a.seed)
+    return dag.evaluate_student(params, a.exp, a.model, a.seed)
 
 
 def main(argv=None) -> int:
@@ -116,7 +127,7 @@ def _verify(params, exp) -> int:
     """Full check of every pair set the experiment has written so far."""
     from kdm.pairset import PairSetError, open_pairset
     dirs = [d.rstrip("/") for d in [dag.shard_dir(exp, i) for i in range(params[exp]["pairs"]["shards"])]
-            + [dag.store_dir(exp), dag.evaluate_teacher(exp).outs[0]]]
+            + [dag.store_dir(exp), dag.evaluate_teacher(params, exp).outs[0]]]
     failed = 0
     for d in dirs:
         if not Path(d).exists():

@@ -10,6 +10,7 @@ import jsonschema
 import yaml
 
 SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
+DATA_SHAPES = {"checkerboard": (2,), "digits": (1, 8, 8)}      # one sample's shape per data kind
 
 
 class ParamsError(ValueError):
@@ -29,6 +30,8 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return f"{error.message}; allowed keys are listed in {SCHEMA_PATH.name}"
     if error.validator == "required":
         return error.message
+    if error.validator == "not":
+        return f"not allowed here ({error.schema.get('description', 'see ' + SCHEMA_PATH.name)})"
     expected = {k: error.schema[k] for k in ("type", "enum", "minimum", "maximum", "exclusiveMinimum",
                                            "exclusiveMaximum", "pattern", "minItems", "maxItems",
                                            "multipleOf", "uniqueItems") if k in error.schema}
@@ -47,6 +50,9 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
         depth = max(len(e.absolute_path) for e in errors)
         deepest = [e for e in errors if len(e.absolute_path) == depth]
         causes = [e for e in deepest if e.validator != "unevaluatedProperties"] or deepest
+        # a kind-specific branch (if/then/else) presumes the kind; an error of the key's own schema (e.g.
+        # the enum of all kinds) says more
+        causes = [e for e in causes if not {"then", "else"} & set(e.schema_path)] or causes
         error = jsonschema.exceptions.best_match(causes)
         raise ParamsError(f"{source}: {_dotted(error.absolute_path)}: {_describe(error)}")
     for name in params["experiments"]:
@@ -63,6 +69,7 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
         if kdm["operator"]["kind"] == "decomposed" and kdm["latent_dim"] % 2:
             raise ParamsError(f"{source}: {name}.kdm.latent_dim: {kdm['latent_dim']} is odd; a decomposed "
                               "operator pairs the latent's halves as real and imaginary parts, expected an even number")
+        _check_networks(source, name, exp)
         sampler = exp["sampler"]
         if sampler["sigma_min"] >= sampler["sigma_max"]:
             raise ParamsError(f"{source}: {name}.sampler.sigma_min: {sampler['sigma_min']} must be "
@@ -72,6 +79,46 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
             raise ParamsError(f"{source}: {name}.evaluate.seed_start: seeds overlap the training pairs' "
                               f"seeds; expected fresh noise (a range disjoint from {name}.pairs)")
     return params
+
+
+def _check_networks(source: str, name: str, exp: dict) -> None:
+    """Networks must fit the data: UNets and the discriminator need images of a size they can halve."""
+    shape = DATA_SHAPES[exp["data"]["kind"]]
+    images = len(shape) == 3
+
+    def fail(key, msg):
+        raise ParamsError(f"{source}: {name}.{key}: {msg}")
+
+    for section in ("teacher", "kdm", "kd"):
+        net = exp[section]["net"]
+        if net["kind"] == "unet":
+            if not images:
+                fail(f"{section}.net.kind", f"unet needs image data, but {name}.data.kind is "
+                     f"{exp['data']['kind']!r} (shape {shape}); expected mlp")
+            levels = len(net["channel_mult"]) - 1
+            if shape[-1] % 2 ** levels:
+                fail(f"{section}.net.channel_mult", f"{levels + 1} levels halve the resolution {levels} times, "
+                     f"which does not divide {shape[-1]}; expected fewer levels")
+        elif section == "teacher" and images:
+            fail("teacher.net.kind", "expected unet for image data (the mlp teacher is for vector data)")
+    kdm = exp["kdm"]
+    if kdm["net"]["kind"] == "unet":
+        if "latent_channels" not in kdm:
+            fail("kdm.latent_channels", "required with a unet net (the encoders' output channels)")
+        grid = kdm["latent_channels"] * shape[1] * shape[2]
+        if kdm["latent_dim"] > grid:
+            fail("kdm.latent_dim", f"{kdm['latent_dim']} exceeds the encoders' latent grid "
+                 f"{kdm['latent_channels']}x{shape[1]}x{shape[2]} = {grid}; expected at most {grid}")
+    if "adversary" in kdm:
+        if not images:
+            fail("kdm.adversary", "the discriminator needs image data; remove it for vector data")
+        if 2 ** len(kdm["adversary"]["widths"]) > shape[-1]:
+            fail("kdm.adversary.widths", f"{len(kdm['adversary']['widths'])} stride-2 convs do not fit "
+                 f"{shape[-1]}x{shape[-1]} images; expected at most {shape[-1].bit_length() - 1}")
+        if "adv" not in kdm["loss_weights"]:
+            fail("kdm.loss_weights.adv", "required with kdm.adversary (the authors use 0.01)")
+    elif "adv" in kdm["loss_weights"]:
+        fail("kdm.loss_weights.adv", "set, but there is no kdm.adversary to train against")
 
 
 def load(path: str | Path = "params.yaml") -> dict:

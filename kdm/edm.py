@@ -5,16 +5,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from kdm.nets import one_hot
+
 
 class EDMPrecond(nn.Module):
-    """D(x; s) = c_skip(s) x + c_out(s) F(c_in(s) x; c_noise(s))."""
+    """D(x; s[, y]) = c_skip(s) x + c_out(s) F(c_in(s) x; c_noise(s)[, y]); y an integer class label,
+    given to F one-hot (conditional teachers: label_dim > 0)."""
 
-    def __init__(self, model: nn.Module, sigma_data: float):
+    def __init__(self, model: nn.Module, sigma_data: float, label_dim: int = 0):
         super().__init__()
         self.model = model
-        self.sigma_data = sigma_data
+        self.sigma_data, self.label_dim = sigma_data, label_dim
 
-    def forward(self, x, sigma):
+    def forward(self, x, sigma, labels=None):
         sd = self.sigma_data
         sigma = sigma.to(torch.float32).reshape(-1, *([1] * (x.ndim - 1)))
         c_skip = sd ** 2 / (sigma ** 2 + sd ** 2)
@@ -22,17 +25,17 @@ class EDMPrecond(nn.Module):
         c_in = 1 / (sd ** 2 + sigma ** 2).sqrt()
         c_noise = sigma.log().flatten() / 4
         x = x.to(torch.float32)
-        return c_skip * x + c_out * self.model(c_in * x, c_noise)
+        return c_skip * x + c_out * self.model(c_in * x, c_noise, one_hot(labels, self.label_dim))
 
 
-def edm_loss(net: EDMPrecond, x0, generator: torch.Generator, P_mean: float, P_std: float):
+def edm_loss(net: EDMPrecond, x0, generator: torch.Generator, P_mean: float, P_std: float, labels=None):
     """lambda(s) ||D(x0 + s n; s) - x0||^2 with ln s ~ N(P_mean, P_std^2), averaged over the batch."""
     shape = (x0.shape[0],) + (1,) * (x0.ndim - 1)
     sigma = (torch.randn(shape, generator=generator) * P_std + P_mean).exp()
     sd = net.sigma_data
     weight = (sigma ** 2 + sd ** 2) / (sigma * sd) ** 2
     noise = torch.randn(x0.shape, generator=generator) * sigma
-    return (weight * (net(x0 + noise, sigma) - x0) ** 2).mean()
+    return (weight * (net(x0 + noise, sigma, labels) - x0) ** 2).mean()
 
 
 def sigma_steps(steps: int, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
@@ -48,22 +51,25 @@ def nfe(steps: int) -> int:
 
 
 @torch.inference_mode()
-def edm_sampler(denoise, x_T, steps: int, sigma_min: float, sigma_max: float, rho: float):
+def edm_sampler(denoise, x_T, steps: int, sigma_min: float, sigma_max: float, rho: float, labels=None):
     """Deterministic Heun sampler (EDM Algorithm 1 with S_churn = 0) from x_T = sigma_max * eps.
 
-    `denoise(x, sigma)` takes a float32 batch and a float32 sigma vector. The ODE state is carried in
+    `denoise(x, sigma, labels)` takes a float32 batch and a float32 sigma vector. The ODE state is carried in
     float64, as in EDM, so step arithmetic adds no error beyond the network's.
     """
     t = sigma_steps(steps, sigma_min, sigma_max, rho)
     x = x_T.to(torch.float64)
     ones = torch.ones(x.shape[0], dtype=torch.float64)
+
+    def slope(x, sigma):        # dx/dsigma = (x - D(x; sigma)) / sigma
+        return (x - denoise(x.to(torch.float32), (sigma * ones).to(torch.float32), labels).to(torch.float64)) / sigma
+
     for i in range(steps):
         t_cur, t_next = t[i], t[i + 1]
-        d = (x - denoise(x.to(torch.float32), (t_cur * ones).to(torch.float32)).to(torch.float64)) / t_cur
+        d = slope(x, t_cur)
         x_next = x + (t_next - t_cur) * d
         if i < steps - 1:
-            d2 = (x_next - denoise(x_next.to(torch.float32), (t_next * ones).to(torch.float32)).to(torch.float64)) / t_next
-            x_next = x + (t_next - t_cur) * (0.5 * d + 0.5 * d2)
+            x_next = x + (t_next - t_cur) * (0.5 * d + 0.5 * slope(x_next, t_next))
         x = x_next
     return x.to(torch.float32)
 
@@ -76,3 +82,9 @@ def seed_noise(seeds, shape) -> torch.Tensor:
         g.manual_seed(s)
         torch.randn(shape, generator=g, out=out[i])
     return out
+
+
+def seed_labels(seeds, label_dim: int) -> np.ndarray:
+    """A class label per seed, uniform over label_dim classes, from a stream independent of the seed's noise."""
+    return np.array([np.random.default_rng([s, 1]).integers(label_dim) for s in np.asarray(seeds).tolist()],
+                    dtype=np.int64)

@@ -1,10 +1,18 @@
-"""Networks. Small modules named after what they compute."""
+"""Networks. Small modules named after what they compute.
+
+Every network a student or teacher uses is built from a params `net` spec by `make_net`: kind `mlp`
+(flattened input, the authors' 2-D models) or kind `unet` (the compact SongUNet of kdm/unet.py, the
+authors' image models). Both take an optional one-hot class label.
+"""
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from kdm.unet import SongUNet
 
 
 def mlp(d_in: int, d_out: int, hidden: int, layers: int) -> nn.Sequential:
@@ -16,6 +24,11 @@ def mlp(d_in: int, d_out: int, hidden: int, layers: int) -> nn.Sequential:
         if i < layers - 1:
             mods.append(nn.SiLU())
     return nn.Sequential(*mods)
+
+
+def one_hot(labels, label_dim: int) -> torch.Tensor | None:
+    """Integer class labels as float one-hot rows (None passes through: unconditional)."""
+    return None if labels is None else F.one_hot(torch.as_tensor(labels).long(), label_dim).float()
 
 
 class FourierEmbedding(nn.Module):
@@ -31,15 +44,80 @@ class FourierEmbedding(nn.Module):
 
 
 class DenoiserMLP(nn.Module):
-    """F(x, c_noise) for vector data: an MLP on [x, embedding(c_noise)]."""
+    """F(x, c_noise) for vector data: an MLP on [x, embedding(c_noise)] (unconditional)."""
 
     def __init__(self, dim: int, hidden: int, layers: int, emb_dim: int, emb_scale: float):
         super().__init__()
         self.emb = FourierEmbedding(emb_dim, emb_scale)
         self.net = mlp(dim + emb_dim, dim, hidden, layers)
 
-    def forward(self, x, c_noise):
+    def forward(self, x, c_noise, class_labels=None):
         return self.net(torch.cat([x, self.emb(c_noise)], dim=1))
+
+
+class MLPNet(nn.Module):
+    """in_shape -> out_shape through an MLP on the flattened input and, if conditional, the one-hot label."""
+
+    def __init__(self, in_shape, out_shape, hidden: int, layers: int, label_dim: int = 0):
+        super().__init__()
+        self.out_shape, self.label_dim = tuple(out_shape), label_dim
+        self.net = mlp(math.prod(in_shape) + label_dim, math.prod(out_shape), hidden, layers)
+
+    def forward(self, x, class_labels=None):
+        h = x.flatten(1)
+        if self.label_dim:
+            h = torch.cat([h, class_labels.to(h.dtype)], dim=1)
+        return self.net(h).reshape(-1, *self.out_shape)
+
+
+class UNetNet(nn.Module):
+    """A SongUNet with a constant time input `t`, as the KDM encoders (E_0: 0, E_T: 1) and decoder (0) use."""
+
+    def __init__(self, in_shape, out_shape, t: float, label_dim: int = 0, **unet):
+        super().__init__()
+        if tuple(in_shape[1:]) != tuple(out_shape[1:]) or in_shape[1] != in_shape[2]:
+            raise ValueError(f"a unet maps square images to the same resolution, got {in_shape} -> {out_shape}")
+        self.unet = SongUNet(in_shape[1], in_shape[0], out_shape[0], label_dim=label_dim, **unet)
+        self.register_buffer("t", torch.tensor(float(t)))
+
+    def forward(self, x, class_labels=None):
+        return self.unet(x, self.t, class_labels)
+
+
+def make_net(spec: dict, in_shape, out_shape, label_dim: int = 0, t: float = 0.0) -> nn.Module:
+    """A network from a params `net` spec: forward(x, class_labels=None) with x of in_shape per sample."""
+    kind, args = spec["kind"], {k: v for k, v in spec.items() if k != "kind"}
+    if kind == "mlp":
+        return MLPNet(in_shape, out_shape, label_dim=label_dim, **args)
+    if kind == "unet":
+        return UNetNet(in_shape, out_shape, t=t, label_dim=label_dim, **unet_args(args))
+    raise ValueError(f"net.kind: unknown {kind!r}, expected mlp or unet")
+
+
+def unet_args(spec: dict) -> dict:
+    """SongUNet keyword arguments from a params unet spec (YAML lists become tuples)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items() if k != "kind"}
+
+
+class Discriminator(nn.Module):
+    """The authors' small conv discriminator: stride-2 4x4 convs (3 -> 64 -> 128 -> 256 at CIFAR size),
+    BatchNorm after the first, LeakyReLU 0.2, then one logit. Widths come from params; the resolution
+    halves per conv, so at 8x8 three convs reach 1x1."""
+
+    def __init__(self, in_channels: int, resolution: int, widths=(64, 128, 256)):
+        super().__init__()
+        layers, c, res = [], in_channels, resolution
+        for i, w in enumerate(widths):
+            layers += [nn.Conv2d(c, w, 4, stride=2, padding=1)] + ([nn.BatchNorm2d(w)] if i else [])
+            layers.append(nn.LeakyReLU(0.2))
+            c, res = w, res // 2
+        if res < 1:
+            raise ValueError(f"discriminator: {len(widths)} stride-2 convs do not fit a {resolution}x{resolution} "
+                             "image; use fewer widths")
+        self.body = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * res * res, 1))
+
+    def forward(self, x):
+        return self.body(x).squeeze(1)
 
 
 def count_params(*modules: nn.Module) -> int:

@@ -1,4 +1,5 @@
-"""Figures people look at: loss curves, sample scatters, the checkerboard analysis figure."""
+"""Figures people look at: loss curves, sample scatters and image grids, the checkerboard analysis figure,
+Koopman spectra."""
 from __future__ import annotations
 
 import matplotlib
@@ -58,4 +59,39 @@ def spectrum(matrix, path, title: str) -> None:
     ax.scatter(eig.real, eig.imag, s=6)
     lim = max(1.1, float(np.abs(eig).max()) * 1.05)
     ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", xlabel="Re", ylabel="Im", title=title)
+    _save(fig, path)
+
+
+def _tiles(images: np.ndarray) -> np.ndarray:
+    """(n, c, h, w) images in [-1, 1] as (n, h, w[, 3]) in [0, 1] for imshow."""
+    x = np.clip((np.asarray(images, dtype=np.float32) + 1) / 2, 0, 1)
+    return x[:, 0] if x.shape[1] == 1 else x.transpose(0, 2, 3, 1)
+
+
+def image_grid(images: np.ndarray, path, title: str, labels=None) -> None:
+    """Up to 100 images on a square grid; conditional samples sorted by requested class, each titled with it."""
+    order = np.argsort(labels, kind="stable") if labels is not None else np.arange(len(images))
+    tiles = _tiles(images)[order]
+    side = int(np.ceil(np.sqrt(len(tiles))))
+    fig, axes = plt.subplots(side, side, figsize=(side * 0.6, side * 0.6 + 0.4), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(tiles):
+            ax.imshow(tiles[i], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            if labels is not None:
+                ax.set_title(str(int(labels[order[i]])), fontsize=6, pad=1)
+    fig.suptitle(title, fontsize=9)
+    _save(fig, path)
+
+
+def image_pairs(top: np.ndarray, bottom: np.ndarray, path, names: tuple[str, str]) -> None:
+    """Two rows from the same noise: e.g. the teacher's samples above a student's."""
+    fig, axes = plt.subplots(2, len(top), figsize=(len(top) * 0.6, 1.6), squeeze=False)
+    for row, (images, name) in enumerate(((top, names[0]), (bottom, names[1]))):
+        for ax, tile in zip(axes[row], _tiles(images)):
+            ax.imshow(tile, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[row, 0].set_ylabel(name, fontsize=7)
+    fig.suptitle("same noise", fontsize=8)
     _save(fig, path)

@@ -1,12 +1,18 @@
-"""One-step students: the Koopman Distillation Model and the KD baseline (Luhman & Luhman 2021)."""
+"""One-step students: the Koopman Distillation Model and the KD baseline (Luhman & Luhman 2021).
+
+Both are built from a params `net` spec (kdm.nets.make_net): MLPs for 2-D data, SongUNets for images.
+Class labels are integers (None when unconditional); the networks see them one-hot.
+"""
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kdm.koopman import make_operator
-from kdm.nets import count_params, mlp
+from kdm.nets import Discriminator, count_params, make_net, one_hot
 
 
 def rec_loss(spec: dict):
@@ -19,53 +25,122 @@ def rec_loss(spec: dict):
     raise ValueError(f"rec_loss.kind: unknown {spec['kind']!r}")
 
 
-class KoopmanStudent(nn.Module):
-    """x_0 = D(C E_T(x_T)): encoders E_0, E_T into a latent where a linear operator C maps noise to data.
+def _projection(d_in: int, d_out: int) -> nn.Module:
+    return nn.Identity() if d_in == d_out else nn.Linear(d_in, d_out)
 
-    E_T sees x_T / x_T_scale (unit variance) so its first layer needs no special initialisation.
+
+class KoopmanStudent(nn.Module):
+    """x_0 = D(C E_T(x_T) [+ B y]): encoders E_0, E_T into a latent where a linear operator C maps noise to data.
+
+    With MLPs the latent is the encoders' `latent_dim` outputs. With UNets the encoders output
+    `latent_channels` channels at the image's resolution; when that grid is larger than `latent_dim`, a
+    linear projection follows each encoder and precedes the decoder (the authors' 64x64 models).
+    E_T sees x_T / x_T_scale (unit variance) so its first layer needs no special initialisation; the
+    UNets' time inputs are constants (0 for E_0 and D, 1 for E_T).
     """
 
-    def __init__(self, dim: int, hidden: int, layers: int, latent_dim: int, x_T_scale: float,
-                 operator: dict | None = None):
+    def __init__(self, data_shape, net: dict, latent_dim: int, x_T_scale: float, operator: dict | None = None,
+                 label_dim: int = 0, latent_channels: int = 1):
         super().__init__()
-        self.E0 = mlp(dim, latent_dim, hidden, layers)
-        self.ET = mlp(dim, latent_dim, hidden, layers)
-        self.D = mlp(latent_dim, dim, hidden, layers)
+        data_shape = tuple(data_shape)
+        self.grid = (latent_channels,) + data_shape[1:] if net["kind"] == "unet" else (latent_dim,)
+        self.E0 = make_net(net, data_shape, self.grid, label_dim, t=0.0)
+        self.ET = make_net(net, data_shape, self.grid, label_dim, t=1.0)
+        self.D = make_net(net, self.grid, data_shape, label_dim, t=0.0)
+        d = math.prod(self.grid)
+        self.P0, self.PT, self.PD = _projection(d, latent_dim), _projection(d, latent_dim), _projection(latent_dim, d)
         self.C = make_operator(operator or {"kind": "dense"}, latent_dim)
-        self.x_T_scale = x_T_scale
+        self.B = nn.Linear(label_dim, latent_dim, bias=False) if label_dim else None    # control term B y
+        self.x_T_scale, self.label_dim = x_T_scale, label_dim
 
-    def forward(self, x_T):
+    def encode_0(self, x0, y):
+        return self.P0(self.E0(x0, y).flatten(1))
+
+    def encode_T(self, x_T, y):
+        return self.PT(self.ET(x_T / self.x_T_scale, y).flatten(1))
+
+    def push(self, z, y):
+        return self.C(z) if self.B is None else self.C(z) + self.B(y)
+
+    def decode(self, z, y):
+        return self.D(self.PD(z).reshape(-1, *self.grid), y)
+
+    def forward(self, x_T, labels=None):
         """One-step sampling: no latent noise, as in the authors' released code."""
-        return self.D(self.C(self.ET(x_T / self.x_T_scale)))
+        y = one_hot(labels, self.label_dim)
+        return self.decode(self.push(self.encode_T(x_T, y), y), y)
 
-    def losses(self, x0, x_T, generator: torch.Generator, latent_noise: float, rec) -> dict:
-        z0 = self.E0(x0)
-        zT = self.ET(x_T / self.x_T_scale)
-        z0_noisy = z0 + latent_noise * torch.randn(z0.shape, generator=generator)
-        zT_noisy = zT + latent_noise * torch.randn(zT.shape, generator=generator)
-        z0_pushed = self.C(zT_noisy)
-        return {"latent": F.mse_loss(z0_pushed, z0),          # z0 is not detached
-                "rec": rec(self.D(z0_noisy), x0),
-                "push": rec(self.D(z0_pushed), x0),
-                **self.C.losses()}                              # decomposed C: inverse [+ eigen]
+    def losses(self, x0, x_T, generator: torch.Generator, latent_noise: float, rec, labels=None,
+               adversary: "Adversary | None" = None) -> dict:
+        y = one_hot(labels, self.label_dim)
+        z0 = self.encode_0(x0, y)
+        zT = self.encode_T(x_T, y)
+        z0_noisy = z0 + latent_noise * torch.randn(z0.shape, generator=generator).to(z0.device)
+        zT_noisy = zT + latent_noise * torch.randn(zT.shape, generator=generator).to(zT.device)
+        z0_pushed = self.push(zT_noisy, y)
+        x0_pushed = self.decode(z0_pushed, y)
+        terms = {"latent": F.mse_loss(z0_pushed, z0),          # z0 is not detached
+                 "rec": rec(self.decode(z0_noisy, y), x0),
+                 "push": rec(x0_pushed, x0),
+                 **self.C.losses()}                              # decomposed C: inverse [+ eigen]
+        if adversary is not None:
+            terms.update(adversary.losses(x0, x0_pushed))
+        return terms
 
     def sampling_params(self) -> int:
-        return count_params(self.ET, self.C, self.D)
+        return count_params(self.ET, self.PT, self.C, self.PD, self.D) + (count_params(self.B) if self.B else 0)
 
 
 class OneStepStudent(nn.Module):
-    """KD baseline: one network regressing x_0 from x_T."""
+    """KD baseline: one network regressing x_0 from x_T (and the label, when conditional)."""
 
-    def __init__(self, dim: int, hidden: int, layers: int, x_T_scale: float):
+    def __init__(self, data_shape, net: dict, x_T_scale: float, label_dim: int = 0):
         super().__init__()
-        self.net = mlp(dim, dim, hidden, layers)
-        self.x_T_scale = x_T_scale
+        self.net = make_net(net, tuple(data_shape), tuple(data_shape), label_dim, t=1.0)
+        self.x_T_scale, self.label_dim = x_T_scale, label_dim
 
-    def forward(self, x_T):
-        return self.net(x_T / self.x_T_scale)
+    def forward(self, x_T, labels=None):
+        return self.net(x_T / self.x_T_scale, one_hot(labels, self.label_dim))
 
-    def losses(self, x0, x_T, generator: torch.Generator, rec, **_) -> dict:
-        return {"rec": rec(self(x_T), x0)}
+    def losses(self, x0, x_T, generator: torch.Generator, rec, labels=None, **_) -> dict:
+        return {"rec": rec(self(x_T, labels), x0)}
 
     def sampling_params(self) -> int:
         return count_params(self)
+
+
+class Adversary:
+    """The adversarial term: a discriminator, stepped once per student step to tell the teacher's x_0
+    (real) from the student's D(C z~_T) (fake); the student's term is BCE(Disc(fake), real).
+
+    `losses` returns that term ("adv") and, for the log only, the discriminator's own loss ("disc", no
+    gradient). Its module and optimiser state go into the student's checkpoints (`state_dict`).
+    """
+
+    def __init__(self, in_channels: int, resolution: int, widths, lr: float, betas, seed: int):
+        torch.manual_seed(seed)
+        self.disc = Discriminator(in_channels, resolution, tuple(widths))
+        self.opt = torch.optim.Adam(self.disc.parameters(), lr=lr, betas=tuple(betas))
+
+    def to(self, device):
+        self.disc.to(device)
+        return self
+
+    def losses(self, real, fake) -> dict:
+        bce = F.binary_cross_entropy_with_logits
+        d_real, d_fake = self.disc(real), self.disc(fake.detach())
+        d_loss = bce(d_real, torch.ones_like(d_real)) + bce(d_fake, torch.zeros_like(d_fake))
+        self.opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        for p in self.disc.parameters():
+            torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
+        self.opt.step()
+        g = self.disc(fake)
+        return {"adv": bce(g, torch.ones_like(g)), "disc": d_loss.detach()}
+
+    def state_dict(self) -> dict:
+        return {"disc": self.disc.state_dict(), "opt": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.disc.load_state_dict(state["disc"])
+        self.opt.load_state_dict(state["opt"])

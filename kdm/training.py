@@ -9,6 +9,7 @@ import copy
 import math
 import csv
 import logging
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -18,14 +19,22 @@ from tqdm import tqdm
 from kdm.edm import EDMPrecond
 from kdm.fidelity import ImageClassifier
 from kdm.io import atomic_path
-from kdm.nets import DenoiserMLP
+from kdm.nets import DenoiserMLP, unet_args
 from kdm.students import KoopmanStudent, OneStepStudent
+from kdm.unet import SongUNet
 
 log = logging.getLogger("kdm.train")
 
 
-def _teacher(dim, hidden, layers, emb_dim, emb_scale, sigma_data):
-    return EDMPrecond(DenoiserMLP(dim, hidden, layers, emb_dim, emb_scale), sigma_data)
+def _teacher(data_shape, net: dict, sigma_data: float, label_dim: int = 0):
+    """EDM preconditioning around an MLP denoiser (vector data) or a SongUNet (images)."""
+    if net["kind"] == "mlp":
+        if len(data_shape) != 1 or label_dim:
+            raise ValueError(f"teacher.net: an mlp teacher takes unconditional vector data, got shape {data_shape}")
+        model = DenoiserMLP(data_shape[0], net["hidden"], net["layers"], net["emb_dim"], net["emb_scale"])
+    else:
+        model = SongUNet(data_shape[1], data_shape[0], data_shape[0], label_dim=label_dim, **unet_args(net))
+    return EDMPrecond(model, sigma_data, label_dim)
 
 
 ARCHS = {"teacher": _teacher, "kdm": KoopmanStudent, "kd": OneStepStudent, "classifier": ImageClassifier}
@@ -92,8 +101,12 @@ def _load_checkpoint(path: Path | None, want: str):
 
 def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator], dict], weights: dict,
                optim: dict, seed: int, grad_clip: float = 0.0, desc: str = "train",
-               checkpoint: Path | None = None, run_id: str = ""):
+               checkpoint: Path | None = None, run_id: str = "", companions: dict | None = None):
     """Adam on sum(weights[k] * loss_k), lr constant or cosine-decayed; returns (EMA module, log rows).
+
+    Terms without a gradient (e.g. a discriminator's own loss, stepped by its `companion`) are logged,
+    not summed. `companions` (name -> object with state_dict/load_state_dict, e.g. kdm.students.Adversary)
+    are trained inside `batch_losses` and saved in, and restored from, the checkpoints.
 
     Non-finite gradient entries are zeroed, as in the authors' code; a loss that stays non-finite for
     `optim["max_nonfinite_steps"]` steps raises NonFiniteLoss, leaving the last good checkpoint.
@@ -115,6 +128,8 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
         torch.set_rng_state(state["torch_rng"])
+        for name, companion in (companions or {}).items():
+            companion.load_state_dict(state["companions"][name])
         rows, start = state["rows"], state["iteration"]
         log.info("%s: resumed from checkpoint %s at iteration %d", desc, checkpoint, start)
     model.train()
@@ -124,7 +139,7 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
             for group in opt.param_groups:
                 group["lr"] = optim["lr"] * 0.5 * (1 + math.cos(math.pi * it / iters))
         terms = batch_losses(gen)
-        loss = sum(weights.get(k, 1.0) * v for k, v in terms.items())
+        loss = sum(weights.get(k, 1.0) * v for k, v in terms.items() if v.requires_grad)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for p in model.parameters():
@@ -151,7 +166,8 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
             with atomic_path(checkpoint) as tmp:
                 torch.save({"run_id": run_id, "iteration": it + 1, "model": model.state_dict(),
                             "ema": ema.module.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
-                            "torch_rng": torch.get_rng_state(), "rows": rows}, tmp)
+                            "torch_rng": torch.get_rng_state(), "rows": rows,
+                            "companions": {k: c.state_dict() for k, c in (companions or {}).items()}}, tmp)
     return ema.module, rows
 
 
@@ -162,8 +178,11 @@ def write_rows(path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def write_run(stage, arch: str, kwargs: dict, module, data_shape, rows: list[dict], resolved: dict) -> None:
-    """A training stage's outputs: model.pt, config.json (resolved params + provenance), train.csv, loss.png."""
+def write_run(stage, arch: str, kwargs: dict, module, data_shape, rows: list[dict], resolved: dict,
+              started: float) -> None:
+    """A training stage's outputs: model.pt, config.json (resolved params, provenance and the wall time
+    since `started`, a time.perf_counter() value: a resumed run counts only its own part), train.csv, loss.png."""
+    seconds = time.perf_counter() - started
     from kdm.io import provenance, write_json
     from kdm.plots import loss_curve
     model_pt, config_json = stage.outs
@@ -171,7 +190,7 @@ def write_run(stage, arch: str, kwargs: dict, module, data_shape, rows: list[dic
     write_rows(train_csv, rows)
     loss_curve(rows, loss_png, title=stage.name)
     write_json(config_json, {"stage": stage.name, "arch": arch, "kwargs": kwargs, "params": resolved,
-                             "provenance": provenance()})
+                             "train_seconds": seconds, "provenance": provenance()})
     save_model(model_pt, arch, kwargs, module, data_shape)   # last: its presence marks the run complete
     if stage.scratch_path:
         stage.scratch_path.unlink(missing_ok=True)           # done: a later run starts afresh

@@ -16,8 +16,12 @@ from torch import nn
 
 
 def _groups(channels: int) -> int:
-    """GroupNorm groups as in EDM: up to 32, at least 4 channels per group."""
-    return min(32, max(1, channels // 4))
+    """GroupNorm groups as in EDM (up to 32, at least 4 channels per group), made to divide `channels`
+    (a decoder block's input concatenates two widths, e.g. 96 + 48)."""
+    g = min(32, max(1, channels // 4))
+    while channels % g:
+        g -= 1
+    return g
 
 
 class PositionalEmbedding(nn.Module):

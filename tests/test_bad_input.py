@@ -4,14 +4,16 @@ import copy
 
 import pytest
 
-from conftest import tiny_params
+from conftest import TINY_UNET, tiny_digits, tiny_params
 from workspace import Workspace
 
 pytestmark = pytest.mark.e2e
 
 
-def exp(p):
-    return p["checkerboard"]
+def both_kinds() -> dict:
+    """The tiny checkerboard and conditional digits experiments together: every case below runs on them."""
+    p, d = tiny_params(), tiny_digits("digits-cond")
+    return {"experiments": p["experiments"] + d["experiments"], **{k: v for k, v in (p | d).items() if k != "experiments"}}
 
 
 def set_key(path, value):
@@ -68,13 +70,35 @@ PARAMS_CASES = [
     ("loss-weight-negative", set_key("checkerboard.kdm.loss_weights.push", -1), ["checkerboard.kdm.loss_weights.push", "minimum"]),
     ("train-seeds-empty", set_key("checkerboard.train_seeds", []), ["checkerboard.train_seeds", "minItems"]),
     ("train-seeds-duplicate", set_key("checkerboard.train_seeds", [0, 0]), ["checkerboard.train_seeds", "uniqueItems"]),
-    ("emb-dim-odd", set_key("checkerboard.teacher.emb_dim", 7), ["checkerboard.teacher.emb_dim", "multipleOf"]),
+    ("emb-dim-odd", set_key("checkerboard.teacher.net.emb_dim", 7), ["checkerboard.teacher.net.emb_dim", "multipleOf"]),
     ("checkpoint-every-negative", set_key("checkerboard.kdm.checkpoint_every", -5), ["checkerboard.kdm.checkpoint_every", "minimum"]),
     ("lr-schedule-unknown", set_key("checkerboard.kd.lr_schedule", "step"), ["checkerboard.kd.lr_schedule", "enum"]),
     ("latent-dim-zero", set_key("checkerboard.kdm.latent_dim", 0), ["checkerboard.kdm.latent_dim", "minimum"]),
     ("operator-unknown", set_key("checkerboard.kdm.operator", {"kind": "sparse"}), ["checkerboard.kdm.operator.kind", "enum"]),
     ("decomposed-odd-latent", lambda p: (p["checkerboard"]["kdm"].update(latent_dim=15, operator={"kind": "decomposed"})),
      ["checkerboard.kdm.latent_dim", "even"]),
+    # image experiments
+    ("unet-on-points", set_key("checkerboard.kdm.net", TINY_UNET), ["checkerboard.kdm.net.kind", "needs image data"]),
+    ("mlp-teacher-on-images", set_key("digits-cond.teacher.net", {"kind": "mlp", "hidden": 8, "layers": 2, "emb_dim": 4,
+                                                                  "emb_scale": 1.0}), ["digits-cond.teacher.net.kind", "unet"]),
+    ("net-kind-unknown", set_key("digits-cond.kd.net.kind", "transformer"), ["digits-cond.kd.net.kind", "enum"]),
+    ("unet-unknown-key", set_key("digits-cond.kdm.net.depth", 3), ["digits-cond.kdm.net", "depth"]),
+    ("unet-too-deep", set_key("digits-cond.teacher.net.channel_mult", [1, 2, 2, 2, 2]),
+     ["digits-cond.teacher.net.channel_mult", "does not divide 8"]),
+    ("latent-above-grid", set_key("digits-cond.kdm.latent_dim", 65), ["digits-cond.kdm.latent_dim", "at most 64"]),
+    ("latent-channels-missing", drop_key("digits-cond.kdm.latent_channels"), ["digits-cond.kdm.latent_channels", "required"]),
+    ("adversary-without-weight", drop_key("digits-cond.kdm.loss_weights.adv"), ["digits-cond.kdm.loss_weights.adv", "required"]),
+    ("adversary-too-deep", set_key("digits-cond.kdm.adversary.widths", [8, 8, 8, 8]),
+     ["digits-cond.kdm.adversary.widths", "at most 3"]),
+    ("adversary-on-points", set_key("checkerboard.kdm.adversary", {"widths": [8]}), ["checkerboard.kdm.adversary", "image"]),
+    ("classifier-on-points", lambda p: p["checkerboard"].update(classifier=p["digits-cond"]["classifier"]),
+     ["checkerboard.classifier", "not allowed"]),
+    ("classifier-missing", drop_key("digits-cond.classifier"), ["digits-cond", "'classifier' is a required"]),
+    ("holdout-all", set_key("digits-cond.classifier.holdout", 1.0), ["digits-cond.classifier.holdout", "exclusiveMaximum"]),
+    ("conditional-not-bool", set_key("digits-cond.data.conditional", "yes"), ["digits-cond.data.conditional", "boolean"]),
+    ("inception-without-weights", set_key("digits-cond.evaluate.extractor", {"kind": "inception-v3-compat"}),
+     ["digits-cond.evaluate.extractor", "weights"]),
+    ("points-metric-on-images", set_key("digits-cond.evaluate.sw2_projections", 16), ["digits-cond.evaluate", "sw2_projections"]),
     ("malformed-yaml", "experiments: [checkerboard\n", ["params.yaml", "YAML"]),
     ("top-level-list", "- checkerboard\n", ["params.yaml", ("mapping", "dictionary")]),
     ("empty-file", "", ["params.yaml", "mapping"]),
@@ -83,11 +107,11 @@ PARAMS_CASES = [
 
 @pytest.mark.parametrize("case,mutate,fragments", PARAMS_CASES, ids=[c[0] for c in PARAMS_CASES])
 def test_bad_params_fail_both_tools_cleanly(tmp_path, case, mutate, fragments):
-    ws = Workspace(tmp_path, tiny_params())             # dvc.yaml from the valid params
+    ws = Workspace(tmp_path, both_kinds())              # dvc.yaml from the valid params
     if isinstance(mutate, str):
         (tmp_path / "params.yaml").write_text(mutate)
     else:
-        bad = copy.deepcopy(tiny_params())
+        bad = copy.deepcopy(both_kinds())
         mutate(bad)
         ws.write_params(bad, dvc_yaml=False)
     for tool, r in (("snakemake", ws.snakemake(check=False)), ("dvc", ws.dvc("repro", check=False))):
@@ -95,7 +119,7 @@ def test_bad_params_fail_both_tools_cleanly(tmp_path, case, mutate, fragments):
         assert r.returncode != 0, f"{tool} accepted {case}"
         if tool == "dvc" and "are missing from 'params.yaml'" in out:
             # DVC checks that a stage's declared params exist before running it, naming them itself
-            assert "checkerboard." in out, out
+            assert "checkerboard." in out or "digits-cond." in out, out
             continue
         for fragment in fragments:      # a tuple: any one of its words
             assert any(f in out for f in ((fragment,) if isinstance(fragment, str) else fragment)), \
@@ -104,7 +128,7 @@ def test_bad_params_fail_both_tools_cleanly(tmp_path, case, mutate, fragments):
 
 
 def test_suite_size():
-    assert len(PARAMS_CASES) >= 30
+    assert len(PARAMS_CASES) >= 45
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +171,7 @@ FILE_CASES = [
      lambda p: p.write_text(p.read_text().replace('"steps": 6', '"steps": 7')), ["store", "checkerboard"],
      ["pairs/shard-0/manifest.json", "meta.sampler", "re-run the pairs stage"]),
     ("shard-other-teacher", "pairs/shard-1/manifest.json",
-     lambda p: p.write_text(__import__("re").sub(r'"sha256": "[0-9a-f]{64}"(?=\s*\},\s*"sampler")', '"sha256": "' + "0" * 64 + '"', p.read_text())),
+     lambda p: p.write_text(__import__("re").sub(r'"sha256": "[0-9a-f]{64}"(?=,\s*"label_dim")', '"sha256": "' + "0" * 64 + '"', p.read_text())),
      ["store", "checkerboard"], ["pairs/shard-1/manifest.json", "meta.teacher"]),
 ]
 

@@ -8,7 +8,7 @@ from kdm.edm import EDMPrecond, edm_sampler, nfe, seed_noise, sigma_steps
 
 def gaussian_denoiser(mu, var):
     """The optimal denoiser of N(mu, var): E[x0 | x] = mu + var / (var + s^2) (x - mu)."""
-    def denoise(x, sigma):
+    def denoise(x, sigma, class_labels=None):
         s2 = sigma.to(torch.float64).reshape(-1, 1) ** 2
         return (mu + var / (var + s2) * (x.to(torch.float64) - mu)).to(torch.float32)
     return denoise
@@ -43,7 +43,7 @@ def test_heun_is_exact_for_a_point_mass_denoiser():
     """D = const makes the ODE x(s) = c + (x_T - c) s / s_T, which Heun integrates exactly."""
     c = torch.tensor([0.5, -0.25])
     x_T = 80.0 * seed_noise(np.arange(16), (2,))
-    got = edm_sampler(lambda x, s: c.expand_as(x), x_T, 18, 0.002, 80.0, 7.0)
+    got = edm_sampler(lambda x, s, y: c.expand_as(x), x_T, 18, 0.002, 80.0, 7.0)
     assert torch.allclose(got, c.expand_as(got), atol=1e-6)
 
 
@@ -58,7 +58,7 @@ def test_sigma_steps_and_nfe():
 def test_precond_coefficients_at_extremes():
     """With F = 0, D(x; s) = c_skip x: identity as s -> 0, zero as s -> inf."""
     class Zero(torch.nn.Module):
-        def forward(self, x, c_noise):
+        def forward(self, x, c_noise, class_labels=None):
             return torch.zeros_like(x)
     net = EDMPrecond(Zero(), sigma_data=0.5)
     x = torch.ones(4, 2)

@@ -25,10 +25,10 @@ def fault_params():
     """Tiny, but with stages long enough (1-3 s) to be killed half-way."""
     p = tiny_params()
     e = p["checkerboard"]
-    e["teacher"]["net"] = {"hidden": 256, "layers": 4}
+    e["teacher"]["net"].update(hidden=256, layers=4)
     e["sampler"]["steps"] = 18
     e["pairs"].update(count=4096, shards=2, batch=128)       # 16 batches of 35 NFE per shard
-    e["kdm"].update(iterations=400, checkpoint_every=20, batch=128, net={"hidden": 128, "layers": 4})
+    e["kdm"].update(iterations=400, checkpoint_every=20, batch=128, net={"kind": "mlp", "hidden": 128, "layers": 4})
     return p
 
 

@@ -11,7 +11,8 @@ from kdm.training import EMA, build, load_model, save_model, train_loop
 
 def test_checkerboard_samples_lie_in_its_cells():
     board = Checkerboard(4, 2.0)
-    x = board.sample(4000, torch.Generator().manual_seed(0))
+    x, labels = board.sample(4000, torch.Generator().manual_seed(0))
+    assert labels is None
     cells = board.cell_of(x)
     assert board.n_modes == 8 and (cells >= 0).all()
     assert metrics.in_support_precision(cells) == 1.0 and metrics.mode_coverage(cells, 8) == 1.0
@@ -42,13 +43,13 @@ def test_outliers_flag_an_isolated_point():
 
 def test_koopman_student_samples_through_E_T_C_D():
     torch.manual_seed(0)
-    s = KoopmanStudent(dim=2, hidden=16, layers=3, latent_dim=8, x_T_scale=80.0)
+    s = KoopmanStudent(data_shape=[2], net={"kind": "mlp", "hidden": 16, "layers": 3}, latent_dim=8, x_T_scale=80.0)
     x_T = torch.randn(5, 2) * 80
-    assert torch.equal(s(x_T), s.D(s.C(s.ET(x_T / 80.0))))
+    assert torch.equal(s(x_T), s.D.net(s.C(s.ET.net(x_T / 80.0))))
     terms = s.losses(torch.randn(5, 2), x_T, torch.Generator().manual_seed(0), latent_noise=0.4, rec=rec_loss({"kind": "l2"}))
     assert set(terms) == {"latent", "rec", "push"} and all(t.ndim == 0 for t in terms.values())
     terms["latent"].backward()
-    assert s.E0[0].weight.grad.abs().sum() > 0, "z_0 must not be detached in the latent loss"
+    assert s.E0.net[0].weight.grad.abs().sum() > 0, "z_0 must not be detached in the latent loss"
     assert s.sampling_params() < sum(p.numel() for p in s.parameters())
 
 
@@ -60,7 +61,7 @@ def test_pseudo_huber_between_l1_and_l2():
 
 def test_training_reduces_the_loss_and_is_deterministic():
     def fit():
-        net = build("kd", dict(dim=2, hidden=32, layers=3, x_T_scale=1.0), seed=3)
+        net = build("kd", dict(data_shape=[2], net={"kind": "mlp", "hidden": 32, "layers": 3}, x_T_scale=1.0), seed=3)
         def batch(gen):     # learn x_0 = -x_T
             x_T = torch.randn(64, 2, generator=gen)
             return net.losses(-x_T, x_T, gen, rec=rec_loss({"kind": "l2"}))
@@ -93,7 +94,7 @@ def test_ema_tracks_parameters():
 
 
 def test_saved_model_roundtrip_and_corrupt_file(tmp_path):
-    kwargs = dict(dim=2, hidden=8, layers=2, latent_dim=4, x_T_scale=80.0)
+    kwargs = dict(data_shape=[2], net={"kind": "mlp", "hidden": 8, "layers": 2}, latent_dim=4, x_T_scale=80.0)
     net = build("kdm", kwargs, seed=0)
     save_model(tmp_path / "m.pt", "kdm", kwargs, net, data_shape=(2,))
     back = load_model(tmp_path / "m.pt")
@@ -143,7 +144,7 @@ def test_decomposed_operator_with_exact_inverse_has_its_eigenvalues():
 
 def test_koopman_student_with_decomposed_operator_trains_its_extra_losses():
     torch.manual_seed(0)
-    s = KoopmanStudent(dim=2, hidden=16, layers=3, latent_dim=8, x_T_scale=80.0,
+    s = KoopmanStudent(data_shape=[2], net={"kind": "mlp", "hidden": 16, "layers": 3}, latent_dim=8, x_T_scale=80.0,
                        operator={"kind": "decomposed", "eigen_loss": "unit_circle"})
     terms = s.losses(torch.randn(4, 2), torch.randn(4, 2) * 80, torch.Generator().manual_seed(0),
                      latent_noise=0.4, rec=rec_loss({"kind": "l2"}))

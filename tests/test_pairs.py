@@ -12,7 +12,8 @@ SAMPLER = {"steps": 6, "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0}
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    kwargs = dict(dim=2, hidden=32, layers=3, emb_dim=8, emb_scale=1.0, sigma_data=0.5)
+    kwargs = dict(data_shape=[2], net={"kind": "mlp", "hidden": 32, "layers": 3, "emb_dim": 8, "emb_scale": 1.0},
+                  sigma_data=0.5)
     path = tmp_path_factory.mktemp("teacher") / "model.pt"
     save_model(path, "teacher", kwargs, build("teacher", kwargs, seed=0), data_shape=(2,))
     return path

@@ -16,7 +16,8 @@ class Killed(Exception):
 
 
 def fit(checkpoint=None, die_at=None):
-    net = build("kdm", dict(dim=2, hidden=16, layers=3, latent_dim=8, x_T_scale=80.0), seed=1)
+    net = build("kdm", dict(data_shape=[2], net={"kind": "mlp", "hidden": 16, "layers": 3}, latent_dim=8, x_T_scale=80.0),
+                seed=1)
     calls = {"n": 0}
 
     def batch(gen):
@@ -79,7 +80,7 @@ def test_persistent_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path
 
 class DyingNet(torch.nn.Module):
     """A teacher stand-in whose process 'dies' on its n-th call."""
-    data_shape = (2,)
+    data_shape, label_dim = (2,), 0
 
     def __init__(self, die_at=None):
         super().__init__()
@@ -88,7 +89,7 @@ class DyingNet(torch.nn.Module):
         torch.nn.init.zeros_(self.lin.bias)
         self.calls, self.die_at = 0, die_at
 
-    def forward(self, x, sigma):
+    def forward(self, x, sigma, labels=None):
         self.calls += 1
         if self.calls == self.die_at:
             raise Killed
@@ -98,17 +99,17 @@ class DyingNet(torch.nn.Module):
 def test_resumed_pair_sampling_is_byte_identical(tmp_path):
     seeds = np.arange(50, 150)
     sampler = {"steps": 4, "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0}
-    _, ref = sample(DyingNet(), seeds, sampler, batch=16, desc="ref")
+    ref = sample(DyingNet(), seeds, sampler, batch=16, desc="ref")
     partial = tmp_path / "shard-0.partial"
     with pytest.raises(Killed):
         sample(DyingNet(die_at=7 * 4), seeds, sampler, batch=16, desc="a", partial=partial, run_id="r")
     assert len(list(partial.glob("[0-9]*.npy"))) == 3          # batches 0..2 finished (7 calls each)
     net = DyingNet()
-    _, got = sample(net, seeds, sampler, batch=16, desc="b", partial=partial, run_id="r")
-    assert got.tobytes() == ref.tobytes()
+    got = sample(net, seeds, sampler, batch=16, desc="b", partial=partial, run_id="r")
+    assert got["x0"].tobytes() == ref["x0"].tobytes()
     assert net.calls == 7 * (7 - 3)                             # only the 4 missing batches were sampled
-    _, other = sample(DyingNet(), seeds, sampler, batch=16, desc="c", partial=partial, run_id="other")
-    assert other.tobytes() == ref.tobytes() and len(list(partial.glob("[0-9]*.npy"))) == 7
+    other = sample(DyingNet(), seeds, sampler, batch=16, desc="c", partial=partial, run_id="other")
+    assert other["x0"].tobytes() == ref["x0"].tobytes() and len(list(partial.glob("[0-9]*.npy"))) == 7
 
 
 def test_resume_directory_must_be_a_partial_dir(tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kdm.edm import edm_sampler, nfe, seed_noise
+from kdm.edm import edm_sampler, nfe, seed_labels, seed_noise
 from kdm.io import atomic_path, fingerprint, sha256_file
 from kdm.pairset import write_pairset
 from kdm.training import load_model
@@ -24,8 +24,9 @@ def shard_seeds(pairs: dict, shard: int) -> np.ndarray:
 
 
 def teacher_identity(model_pt) -> dict:
-    """What pairs record of their teacher; shards from different teachers never gather."""
-    return {"path": str(model_pt), "sha256": sha256_file(model_pt)}
+    """What pairs record of their teacher (shards from different teachers never gather), and whether
+    it is class-conditional (label_dim > 0: the pairs carry labels)."""
+    return {"path": str(model_pt), "sha256": sha256_file(model_pt), "label_dim": load_model(model_pt).label_dim}
 
 
 def pairs_meta(model_pt, P) -> dict:
@@ -34,8 +35,9 @@ def pairs_meta(model_pt, P) -> dict:
 
 
 def sample(net, seeds: np.ndarray, sampler: dict, batch: int, desc: str, partial: Path | None = None,
-           run_id: str = ""):
-    """(x_T, x_0) for `seeds`: x_T = sigma_max * eps(seed), x_0 = Heun ODE solution, in batches.
+           run_id: str = "") -> dict:
+    """Pair arrays for `seeds`: x_T = sigma_max * eps(seed), x_0 = Heun ODE solution, in batches; for a
+    conditional teacher also the class label each seed requests (kdm.edm.seed_labels).
 
     A short last batch is padded to `batch` rows: CPU matmul kernels differ for very small batches
     (last-bit differences), so padding makes each pair independent of where the seed range ends and
@@ -45,6 +47,7 @@ def sample(net, seeds: np.ndarray, sampler: dict, batch: int, desc: str, partial
     shape = net.data_shape
     xT = np.empty((len(seeds),) + shape, np.float32)
     x0 = np.empty_like(xT)
+    labels = seed_labels(seeds, net.label_dim) if net.label_dim else None
     done = _resume(partial, run_id) if partial else set()
     for lo in tqdm(range(0, len(seeds), batch), desc=desc, mininterval=2.0):
         hi = min(lo + batch, len(seeds))
@@ -54,14 +57,15 @@ def sample(net, seeds: np.ndarray, sampler: dict, batch: int, desc: str, partial
             x0[lo:hi] = np.load(partial / f"{lo:012d}.npy")
             continue
         padded = torch.cat([noise, noise[-1:].expand(batch - len(noise), *shape)])
+        y = None if labels is None else torch.from_numpy(np.pad(labels[lo:hi], (0, batch - (hi - lo)), mode="edge"))
         x0[lo:hi] = edm_sampler(net, padded, sampler["steps"], sampler["sigma_min"], sampler["sigma_max"],
-                                sampler["rho"])[:hi - lo].numpy()
+                                sampler["rho"], labels=y)[:hi - lo].numpy()
         if partial:
             with atomic_path(partial / f"{lo:012d}.npy") as tmp, open(tmp, "wb") as f:
                 np.save(f, x0[lo:hi])
     if done:
         log.info("%s: resumed; %d of %d batches were already done", desc, len(done), -(-len(seeds) // batch))
-    return xT, x0
+    return {"x0": x0, "xT": xT, "seeds": seeds} | ({} if labels is None else {"labels": labels})
 
 
 def _resume(partial: Path, run_id: str) -> set[int]:
@@ -87,8 +91,8 @@ def run(stage, P):
              nfe(sampler["steps"]), torch.get_num_threads())
     meta = pairs_meta(model_pt, P)
     partial = stage.scratch_path
-    xT, x0 = sample(net, seeds, sampler, pairs["batch"], desc=stage.name, partial=partial,
+    arrays = sample(net, seeds, sampler, pairs["batch"], desc=stage.name, partial=partial,
                     run_id=fingerprint(meta, int(seeds[0]), len(seeds)))
-    write_pairset(out, {"x0": x0, "xT": xT, "seeds": seeds}, meta)
+    write_pairset(out, arrays, meta)
     if partial:
         shutil.rmtree(partial)

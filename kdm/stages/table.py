@@ -1,33 +1,49 @@
-"""table: gather every metrics.json into results/table.csv and results/table.md (mean and spread over seeds)."""
+"""table: gather every metrics.json into results/table.csv and results/table.md (mean and spread over
+training seeds), with the published rows of kdm/published.yaml beside ours, each row saying its source."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from kdm.io import atomic_path, read_json
 
 log = logging.getLogger("kdm.table")
 
+PUBLISHED = Path(__file__).parents[1] / "published.yaml"      # facts from papers, shipped with the code
 KEYS = ["experiment", "model"]
-FIRST = ["nfe", "ms_per_sample", "params"]
-SKIP = {"seed", "samples", "speed_batch", "provenance", "params_trained"}
+ORDER = ["nfe", "ms_per_sample", "params", "fid", "kid", "precision", "recall", "class_acc", "coverage", "sw2",
+         "outlier_share", "samples", "iterations", "train_minutes"]
+TEXT = ["extractor"]
+SKIP = {"seed", "speed_batch", "provenance", "params_trained"}
 
 
-def build(metric_files) -> pd.DataFrame:
+def ours(metric_files) -> pd.DataFrame:
     records = [read_json(f) for f in metric_files]
     runs = pd.DataFrame(records)
     commits = {m["provenance"]["commit"] for m in records}
-    values = [c for c in runs.columns if c not in SKIP and c not in KEYS]
-    values = FIRST + [c for c in values if c not in FIRST]
+    known = [c for c in ORDER if c in runs] + [c for c in runs if c not in ORDER + TEXT + KEYS and c not in SKIP]
     grouped = runs.groupby(KEYS, sort=False)
-    table = grouped[values].mean()
-    spread = grouped[values].std(ddof=1).add_suffix("_std")
-    table = pd.concat([table, spread], axis=1)
+    table = pd.concat([grouped[known].mean(), grouped[known].std(ddof=1).add_suffix("_std")], axis=1)
     table["seeds"] = grouped["seed"].apply(lambda s: ",".join(str(int(v)) for v in s.dropna()) or "-")
+    for c in TEXT:
+        if c in runs:
+            table[c] = grouped[c].first()
+    table = table.reset_index()
+    if "iterations" in table:       # how each experiment's students were compared
+        budgets = runs.dropna(subset=["iterations"]).groupby("experiment")["iterations"].nunique()
+        table["compared_at"] = [("-" if pd.isna(it) else "equal iterations" if budgets[exp] == 1
+                                 else "unequal iterations") for exp, it in zip(table["experiment"], table["iterations"])]
     table["source"] = "ours@" + ("/".join(sorted(c[:10] + ("+dirty" if c.endswith("+dirty") else "")
                                                  for c in commits if c)) or "unversioned")
-    return table.reset_index()
+    return table
+
+
+def build(metric_files, published=PUBLISHED) -> pd.DataFrame:
+    rows = pd.DataFrame(yaml.safe_load(Path(published).read_text()))
+    return pd.concat([ours(metric_files), rows], ignore_index=True)
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -37,7 +53,7 @@ def markdown(table: pd.DataFrame) -> str:
     for c in base:
         if f"{c}_std" in table:
             out[c] = [_fmt(m, s) for m, s in zip(table[c], table[f"{c}_std"])]
-    return out.to_markdown(index=False) + "\n"
+    return out.fillna("-").to_markdown(index=False) + "\n"
 
 
 def _fmt(mean, std):
@@ -48,7 +64,7 @@ def _fmt(mean, std):
 
 
 def run(stage, P):
-    table = build(list(stage.deps))
+    table = build(stage.deps)
     csv_path, md_path = stage.outs
     with atomic_path(csv_path) as tmp:
         table.to_csv(tmp, index=False)

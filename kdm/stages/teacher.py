@@ -1,6 +1,8 @@
 """teacher: train an EDM-preconditioned denoiser on the experiment's data with the EDM loss."""
 from __future__ import annotations
 
+import time
+
 from kdm import datasets
 from kdm.edm import edm_loss
 from kdm.io import fingerprint
@@ -9,13 +11,14 @@ from kdm.training import build, train_loop, write_run
 
 def run(stage, P):
     data, t = datasets.make(P["data"]), P["teacher"]
-    kwargs = dict(dim=data.shape[0], hidden=t["net"]["hidden"], layers=t["net"]["layers"],
-                  emb_dim=t["emb_dim"], emb_scale=t["emb_scale"], sigma_data=t["sigma_data"])
+    kwargs = dict(data_shape=list(data.shape), net=t["net"], sigma_data=t["sigma_data"], label_dim=data.label_dim)
     net = build("teacher", kwargs, seed=t["seed"])
 
     def batch_losses(gen):
-        return {"edm": edm_loss(net, data.sample(t["batch"], gen), gen, t["P_mean"], t["P_std"])}
+        x0, labels = data.sample(t["batch"], gen)
+        return {"edm": edm_loss(net, x0, gen, t["P_mean"], t["P_std"], labels)}
 
+    started = time.perf_counter()
     ema, rows = train_loop(net, batch_losses, {}, t, seed=t["seed"], desc=stage.name,
                            checkpoint=stage.scratch_path, run_id=fingerprint(P))
-    write_run(stage, "teacher", kwargs, ema, data.shape, rows, P)
+    write_run(stage, "teacher", kwargs, ema, data.shape, rows, P, started)

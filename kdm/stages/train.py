@@ -1,20 +1,23 @@
 """train: fit one student (kdm or kd) on the pair store."""
 from __future__ import annotations
 
-import numpy as np
+import time
+
 import torch
 
 from kdm import plots
 from kdm.io import fingerprint
 from kdm.pairset import open_pairset
-from kdm.students import rec_loss
+from kdm.students import Adversary, rec_loss
 from kdm.training import build, train_loop, write_run
 
 
-def student_kwargs(model: str, p: dict, dim: int, x_T_scale: float) -> dict:
-    kwargs = dict(dim=dim, hidden=p["net"]["hidden"], layers=p["net"]["layers"], x_T_scale=x_T_scale)
+def student_kwargs(model: str, p: dict, data_shape, x_T_scale: float, label_dim: int) -> dict:
+    kwargs = dict(data_shape=list(data_shape), net=p["net"], x_T_scale=x_T_scale, label_dim=label_dim)
     if model == "kdm":
         kwargs.update(latent_dim=p["latent_dim"], operator=p["operator"])
+        if p["net"]["kind"] == "unet":
+            kwargs["latent_channels"] = p["latent_channels"]
     return kwargs
 
 
@@ -24,22 +27,30 @@ def run(stage, P):
     (store_dir,) = stage.deps
     store = open_pairset(store_dir)
     x0_all, xT_all = store["x0"], store["xT"]
+    labels_all = store.arrays.get("labels")
     shape = x0_all.shape[1:]
-    kwargs = student_kwargs(model, p, int(np.prod(shape)), store.meta["sampler"]["sigma_max"])
+    kwargs = student_kwargs(model, p, shape, store.meta["sampler"]["sigma_max"], store.meta["teacher"]["label_dim"])
     net = build(model, kwargs, seed=seed)
     rec = rec_loss(p["rec_loss"])
-    extra = {"latent_noise": p["latent_noise"]} if model == "kdm" else {}
+    extra, companions = {}, {}
+    if model == "kdm":
+        extra["latent_noise"] = p["latent_noise"]
+        if p.get("adversary"):      # the discriminator sees images: (channels, resolution, resolution)
+            extra["adversary"] = companions["adversary"] = Adversary(
+                shape[0], shape[-1], p["adversary"]["widths"], p["lr"], p["betas"], seed=seed + 1)
 
     def batch_losses(gen):
         # sorted indices: memory-mapped reads in file order
         idx = torch.randint(len(store), (p["batch"],), generator=gen).sort().values.numpy()
         x0, xT = torch.from_numpy(x0_all[idx]), torch.from_numpy(xT_all[idx])
-        return net.losses(x0, xT, gen, rec=rec, **extra)
+        labels = None if labels_all is None else torch.from_numpy(labels_all[idx])
+        return net.losses(x0, xT, gen, rec=rec, labels=labels, **extra)
 
+    started = time.perf_counter()
     ema, rows = train_loop(net, batch_losses, p.get("loss_weights", {}), p, seed=seed,
-                           grad_clip=p["grad_clip"], desc=stage.name,
-                           checkpoint=stage.scratch_path,
-                           run_id=fingerprint(P, seed, store.manifest["arrays"]))
+                           grad_clip=p["grad_clip"], desc=stage.name, checkpoint=stage.scratch_path,
+                           run_id=fingerprint(P, seed, store.manifest["arrays"]), companions=companions)
     if model == "kdm":
         plots.spectrum(ema.C.matrix().detach(), stage.plots[2], title=f"{stage.name}: eigenvalues of C")
-    write_run(stage, model, kwargs, ema, shape, rows, {**P, "seed": seed, "store": store.manifest["arrays"]})
+    write_run(stage, model, kwargs, ema, shape, rows, {**P, "seed": seed, "store": store.manifest["arrays"]},
+              started)
