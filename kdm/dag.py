@@ -145,21 +145,22 @@ def evaluate_teacher(params, exp):
 def evaluate_student(params, exp, model, seed):
     run = student_run(model, seed)
     d = eval_dir(exp, run)
+    # the teacher is timed again beside the student (the speedup is measured in one process)
     return Stage(name=f"{exp}-evaluate-{run}", cmd=f"python -m kdm evaluate {exp} {model} {seed}",
-                 deps=model_files(exp, run)["outs"] + (f"{eval_dir(exp, 'teacher')}/samples/",)
+                 deps=model_files(exp, run)["outs"] + (f"{eval_dir(exp, 'teacher')}/samples/", teacher_pt(exp))
                  + evaluator_deps(params, exp), outs=(),
-                 params=(f"{exp}.data", f"{exp}.evaluate"), log=f"logs/{exp}/evaluate-{run}.log",
+                 params=(f"{exp}.data", f"{exp}.sampler", f"{exp}.evaluate"), log=f"logs/{exp}/evaluate-{run}.log",
                  metrics=(f"{d}/metrics.json",), plots=(f"{d}/samples.png", f"{d}/analysis.png"),
                  args=dict(exp=exp, model=model, seed=seed))
 
 
 def evaluate_data(params, exp):
     """The evaluator's floor on real images: resampled real data, and two disjoint halves."""
+    resampled, halves = eval_dir(exp, "data-resampled"), eval_dir(exp, "data-halves")
     return Stage(name=f"{exp}-evaluate-data", cmd=f"python -m kdm evaluate {exp} data",
                  deps=evaluator_deps(params, exp), outs=(), params=(f"{exp}.data", f"{exp}.evaluate"),
-                 log=f"logs/{exp}/evaluate-data.log",
-                 metrics=(f"{eval_dir(exp, 'data-resampled')}/metrics.json", f"{eval_dir(exp, 'data-halves')}/metrics.json"),
-                 plots=(f"{eval_dir(exp, 'data-resampled')}/samples.png",), args=dict(exp=exp, model="data"))
+                 log=f"logs/{exp}/evaluate-data.log", metrics=(f"{resampled}/metrics.json", f"{halves}/metrics.json"),
+                 plots=(f"{resampled}/samples.png",), args=dict(exp=exp, model="data"))
 
 
 def evaluations(params, exp):

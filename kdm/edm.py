@@ -31,10 +31,10 @@ class EDMPrecond(nn.Module):
 def edm_loss(net: EDMPrecond, x0, generator: torch.Generator, P_mean: float, P_std: float, labels=None):
     """lambda(s) ||D(x0 + s n; s) - x0||^2 with ln s ~ N(P_mean, P_std^2), averaged over the batch."""
     shape = (x0.shape[0],) + (1,) * (x0.ndim - 1)
-    sigma = (torch.randn(shape, generator=generator) * P_std + P_mean).exp()
+    sigma = (torch.randn(shape, generator=generator) * P_std + P_mean).exp().to(x0.device)
     sd = net.sigma_data
     weight = (sigma ** 2 + sd ** 2) / (sigma * sd) ** 2
-    noise = torch.randn(x0.shape, generator=generator) * sigma
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device) * sigma
     return (weight * (net(x0 + noise, sigma, labels) - x0) ** 2).mean()
 
 
@@ -59,7 +59,7 @@ def edm_sampler(denoise, x_T, steps: int, sigma_min: float, sigma_max: float, rh
     """
     t = sigma_steps(steps, sigma_min, sigma_max, rho)
     x = x_T.to(torch.float64)
-    ones = torch.ones(x.shape[0], dtype=torch.float64)
+    ones = torch.ones(x.shape[0], dtype=torch.float64, device=x.device)
 
     def slope(x, sigma):        # dx/dsigma = (x - D(x; sigma)) / sigma
         return (x - denoise(x.to(torch.float32), (sigma * ones).to(torch.float32), labels).to(torch.float64)) / sigma

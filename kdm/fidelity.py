@@ -107,7 +107,8 @@ def register_classifier(model_pt) -> str:
 
 
 INCEPTION = "inception-v3-compat"
-INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+                 "weights-inception-2015-12-05-6726825d.pth")
 
 
 def resolve_extractor(spec: dict, classifier_pt) -> tuple[str, str | None]:
@@ -137,7 +138,7 @@ def fidelity_metrics(generated: torch.Tensor, reference: torch.Tensor, extractor
         generated, reference = to_uint8_rgb(generated), to_uint8_rgb(reference)
     m = calculate_metrics(input1=Images(generated), input2=Images(reference), feature_extractor=extractor,
                           feature_extractor_weights_path=weights, fid=True, kid=True, prc=True,
-                          cuda=generated.is_cuda, cache=False, verbose=False, save_cpu_ram=True,
+                          cuda=torch.cuda.is_available(), cache=False, verbose=False, save_cpu_ram=True,
                           kid_subset_size=min(kid_subset, len(generated), len(reference)),
                           prc_neighborhood=prc_neighborhood)
     return {"fid": m["frechet_inception_distance"], "kid": m["kernel_inception_distance_mean"],

@@ -41,11 +41,15 @@ def clusters_and_outliers(x: np.ndarray, k: int, seed: int, eps: float = 0.15, m
 
 @torch.inference_mode()
 def ms_per_sample(sample_fn, x_T: torch.Tensor, repeats: int) -> float:
-    """Median wall time of sample_fn(x_T) over `repeats` calls after one warm-up, per sample, in ms."""
+    """Median wall time of sample_fn(x_T) over `repeats` calls after one warm-up, per sample, in ms
+    (on a GPU, until its work has finished)."""
+    sync = torch.cuda.synchronize if x_T.is_cuda else (lambda: None)
     sample_fn(x_T)
     times = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         sample_fn(x_T)
+        sync()
         times.append(time.perf_counter() - t0)
     return float(np.median(times)) * 1e3 / len(x_T)

@@ -6,9 +6,10 @@ it loads with `torch.load(weights_only=True)` and no pickled code.
 from __future__ import annotations
 
 import copy
-import math
 import csv
 import logging
+import math
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -40,6 +41,12 @@ def _teacher(data_shape, net: dict, sigma_data: float, label_dim: int = 0):
 ARCHS = {"teacher": _teacher, "kdm": KoopmanStudent, "kd": OneStepStudent, "classifier": ImageClassifier}
 
 
+def device() -> torch.device:
+    """Where stages compute: CUDA when there is a GPU, else the CPU; KDM_DEVICE=cpu|cuda overrides.
+    Random draws stay on CPU generators, so the same params give the same bytes on CPU."""
+    return torch.device(os.environ.get("KDM_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def build(arch: str, kwargs: dict, seed: int) -> torch.nn.Module:
     """The module for `arch`, its initial weights a pure function of `seed`."""
     torch.manual_seed(seed)
@@ -52,7 +59,7 @@ def save_model(path, arch: str, kwargs: dict, module: torch.nn.Module, data_shap
                     "state_dict": module.state_dict()}, tmp)
 
 
-def load_model(path) -> torch.nn.Module:
+def load_model(path, to: torch.device | str = "cpu") -> torch.nn.Module:
     path = Path(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -63,7 +70,7 @@ def load_model(path) -> torch.nn.Module:
         raise FileNotFoundError(f"{path}: missing; expected a model written by a train or teacher stage") from None
     except Exception as e:  # torch raises many types for truncated or foreign files
         raise ValueError(f"{path}: not a loadable model checkpoint ({type(e).__name__}: {e})") from None
-    return module.eval().requires_grad_(False)
+    return module.eval().requires_grad_(False).to(to)
 
 
 class EMA:
@@ -101,8 +108,11 @@ def _load_checkpoint(path: Path | None, want: str):
 
 def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator], dict], weights: dict,
                optim: dict, seed: int, grad_clip: float = 0.0, desc: str = "train",
-               checkpoint: Path | None = None, run_id: str = "", companions: dict | None = None):
-    """Adam on sum(weights[k] * loss_k), lr constant or cosine-decayed; returns (EMA module, log rows).
+               checkpoint: Path | None = None, run_id: str = "", companions: dict | None = None,
+               on: torch.device | str = "cpu"):
+    """Adam on sum(weights[k] * loss_k), lr constant or cosine-decayed; returns (EMA module on the CPU, log rows).
+
+    The model (and companions) train on device `on`; `batch_losses` must hand it batches there.
 
     Terms without a gradient (e.g. a discriminator's own loss, stepped by its `companion`) are logged,
     not summed. `companions` (name -> object with state_dict/load_state_dict, e.g. kdm.students.Adversary)
@@ -116,6 +126,9 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
     depends on) resumes there and ends with bitwise the same weights as an uninterrupted run.
     """
     gen = torch.Generator().manual_seed(seed)
+    model.to(on)
+    for companion in (companions or {}).values():
+        companion.to(on)
     opt = torch.optim.Adam(model.parameters(), lr=optim["lr"], betas=tuple(optim["betas"]))
     ema = EMA(model, optim["ema"])
     every, iters = optim.get("log_every", 100), optim["iterations"]
@@ -168,7 +181,7 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
                             "ema": ema.module.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
                             "torch_rng": torch.get_rng_state(), "rows": rows,
                             "companions": {k: c.state_dict() for k, c in (companions or {}).items()}}, tmp)
-    return ema.module, rows
+    return ema.module.cpu(), rows
 
 
 def write_rows(path, rows: list[dict]) -> None:

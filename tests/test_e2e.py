@@ -40,7 +40,7 @@ def built(tmp_path_factory):
 
 def test_snakemake_builds_the_table(built):
     table = (built.path / "results/table.csv").read_text().splitlines()
-    assert table[0].startswith("experiment,model,nfe,ms_per_sample,params,precision,coverage,sw2")
+    assert table[0].startswith("experiment,model,nfe,ms_per_sample,speedup,params,precision,coverage,sw2")
     ours = [row.split(",")[1] for row in table[1:] if ",ours@" in row]
     assert ours == ["teacher", "kdm", "kd"]
     for png in ("teacher/loss.png", "kdm-s0/loss.png", "eval/kdm-s0/analysis.png", "eval/teacher/samples.png"):
@@ -87,7 +87,7 @@ def test_dvc_alone_reproduces_snakemake_bytes(built, tmp_path):
         a, b = built.path / "results/checkerboard" / rel, ws.path / "results/checkerboard" / rel
         assert sha(a) == sha(b), f"{rel} differs between the Snakemake and DVC runs"
     import pandas as pd
-    timings = ["ms_per_sample", "ms_per_sample_std", "train_minutes", "train_minutes_std"]
+    timings = ["ms_per_sample", "ms_per_sample_std", "speedup", "speedup_std", "train_minutes", "train_minutes_std"]
     smk, dvc = (pd.read_csv(w.path / "results/table.csv").drop(columns=timings) for w in (built, ws))
     pd.testing.assert_frame_equal(smk, dvc)         # quality columns agree exactly; the rest are timings
 
@@ -142,6 +142,7 @@ def test_digits_table_has_image_metrics_floor_and_published_rows(digits):
     assert ours["extractor"].str.match(r"kdm-classifier-[0-9a-f]{16} \(held-out acc 0\.\d{3}\)").all()
     assert ours.loc["kdm", "compared_at"] == ours.loc["kd", "compared_at"] == "equal iterations"
     assert ours.loc["kdm", "iterations"] == 10 and ours.loc["kdm", "nfe"] == 1 and ours.loc["teacher", "nfe"] == 7
+    assert ours.loc["kdm", "speedup"] > 1 and ours.loc["kd", "speedup"] > 1 and pd.isna(ours.loc["teacher", "speedup"])
     published = table[~table["source"].str.startswith("ours@")]
     assert {"cifar10-uncond", "cifar10-cond"} <= set(published["experiment"])
     assert published.loc[(published["model"] == "GET-B") & (published["experiment"] == "cifar10-uncond"),

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from kdm import datasets
 from kdm.fidelity import accuracy
 from kdm.io import fingerprint, provenance, write_json
-from kdm.training import build, train_loop, write_run
+from kdm.training import build, device, train_loop, write_run
 
 log = logging.getLogger("kdm.classifier")
 
@@ -25,8 +25,8 @@ def run(stage, P):
     train, heldout = data.split(c["holdout"], c["split_seed"])
     kwargs = dict(in_channels=data.shape[0], resolution=data.shape[-1], n_classes=data.n_classes,
                   width=c["width"], feature_dim=c["feature_dim"])
-    net = build("classifier", kwargs, seed=c["seed"])
-    x, y = data.x[train], data.y[train]
+    net, on = build("classifier", kwargs, seed=c["seed"]), device()
+    x, y = data.x[train].to(on), data.y[train].to(on)
 
     def batch_losses(gen):
         idx = torch.randint(len(x), (c["batch"],), generator=gen)
@@ -34,7 +34,8 @@ def run(stage, P):
 
     started = time.perf_counter()
     ema, rows = train_loop(net, batch_losses, {}, c, seed=c["seed"], desc=stage.name,
-                           checkpoint=stage.scratch_path, run_id=fingerprint(P))
+                           checkpoint=stage.scratch_path, run_id=fingerprint(P), on=on)
+    x, y = x.cpu(), y.cpu()
     ema.standardize(x)
     result = {"heldout_accuracy": accuracy(ema, data.x[heldout], data.y[heldout]),
               "train_accuracy": accuracy(ema, x, y), "heldout": len(heldout), "train": len(train)}

@@ -20,7 +20,7 @@ from kdm.io import provenance, read_json, write_json
 from kdm.nets import count_params
 from kdm.pairset import open_pairset, write_pairset
 from kdm.stages.pairs import sample, teacher_identity
-from kdm.training import load_model
+from kdm.training import device, load_model
 
 log = logging.getLogger("kdm.evaluate")
 
@@ -66,7 +66,22 @@ class Quality:
 
 def speed(sample_fn, shape, ev: dict) -> float:
     x_T = torch.randn((ev["speed_batch"],) + tuple(shape), generator=torch.Generator().manual_seed(0))
-    return metrics.ms_per_sample(sample_fn, x_T, ev["speed_repeats"])
+    return metrics.ms_per_sample(sample_fn, x_T.to(device()), ev["speed_repeats"])
+
+
+def speed_labels(net, ev: dict):
+    """The classes a conditional model is asked for in the speed batch: 0, 1, 2, ... in turn."""
+    return torch.arange(ev["speed_batch"], device=device()) % net.label_dim if net.label_dim else None
+
+
+def teacher_speed(net, sampler: dict, ev: dict) -> float:
+    """ms per sample of the teacher's Heun sampler (2 * steps - 1 network evaluations)."""
+    labels = speed_labels(net, ev)
+
+    def sample_fn(x_T):
+        return edm_sampler(net, x_T, sampler["steps"], sampler["sigma_min"], sampler["sigma_max"], sampler["rho"],
+                           labels=labels)
+    return speed(sample_fn, net.data_shape, ev)
 
 
 def _labels(arrays) -> torch.Tensor | None:
@@ -76,37 +91,35 @@ def _labels(arrays) -> torch.Tensor | None:
 def run_teacher(stage, P, quality: Quality):
     ev, sampler = P["evaluate"], P["sampler"]
     model_pt = stage.deps[0]
-    net = load_model(model_pt)
+    net = load_model(model_pt, to=device())
     seeds = np.arange(ev["seed_start"], ev["seed_start"] + ev["samples"], dtype=np.int64)
     arrays = sample(net, seeds, sampler, ev["batch"], desc=stage.name)
     (samples_dir,) = stage.outs
     write_pairset(samples_dir, arrays, {"teacher": teacher_identity(model_pt), "sampler": sampler})
     labels = _labels(arrays)
-    # the speed batch asks for classes 0, 1, 2, ... in turn when the teacher is conditional
-    speed_labels = torch.arange(ev["speed_batch"]) % net.label_dim if net.label_dim else None
-
-    def sample_fn(x_T):
-        return edm_sampler(net, x_T, sampler["steps"], sampler["sigma_min"], sampler["sigma_max"], sampler["rho"],
-                           labels=speed_labels)
-
-    result = {"nfe": nfe(sampler["steps"]), "ms_per_sample": speed(sample_fn, net.data_shape, ev),
+    result = {"nfe": nfe(sampler["steps"]), "ms_per_sample": teacher_speed(net, sampler, ev),
               "params": count_params(net), **quality(torch.from_numpy(arrays["x0"]), labels)}
     quality.draw(arrays["x0"], labels, stage.plots[0], f"teacher ({result['nfe']} NFE)")
     return result
 
 
 def run_student(stage, P, quality: Quality):
+    """The student on the teacher's evaluation noise; its speed is measured beside the teacher's, in this
+    process, so that the speedup is a ratio of two timings taken together."""
     ev = P["evaluate"]
-    model_pt, config_json, samples_dir = stage.deps[:3]
-    net = load_model(model_pt)
+    model_pt, config_json, samples_dir, teacher_pt = stage.deps[:4]
+    on = device()
+    net = load_model(model_pt, to=on)
     teacher = open_pairset(samples_dir)
     xT, labels = torch.from_numpy(np.asarray(teacher["xT"])), _labels(teacher.arrays)
     with torch.inference_mode():
-        x0 = torch.cat([net(xT[i:i + ev["batch"]], None if labels is None else labels[i:i + ev["batch"]])
-                        for i in range(0, len(xT), ev["batch"])])
-    speed_labels = torch.arange(ev["speed_batch"]) % net.label_dim if net.label_dim else None
+        x0 = torch.cat([net(xT[i:i + ev["batch"]].to(on), None if labels is None else labels[i:i + ev["batch"]].to(on))
+                        .cpu() for i in range(0, len(xT), ev["batch"])])
+    labels_s = speed_labels(net, ev)
+    ms = speed(lambda x: net(x, labels_s), net.data_shape, ev)
     trained = read_json(config_json)
-    result = {"nfe": 1, "ms_per_sample": speed(lambda x: net(x, speed_labels), net.data_shape, ev),
+    result = {"nfe": 1, "ms_per_sample": ms,
+              "speedup": teacher_speed(load_model(teacher_pt, to=on), P["sampler"], ev) / ms,
               "params": net.sampling_params(), "params_trained": count_params(net),
               "iterations": trained["params"][stage.args["model"]]["iterations"],
               "train_minutes": trained["train_seconds"] / 60, **quality(x0, labels)}

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from kdm.edm import edm_sampler, nfe, seed_labels, seed_noise
 from kdm.io import atomic_path, fingerprint, sha256_file
 from kdm.pairset import write_pairset
-from kdm.training import load_model
+from kdm.training import device, load_model
 
 log = logging.getLogger("kdm.pairs")
 
@@ -44,7 +44,7 @@ def sample(net, seeds: np.ndarray, sampler: dict, batch: int, desc: str, partial
     thus byte-identical for any shard count at a fixed batch size. With `partial` (a directory of its
     own), each finished batch is saved there and a rerun with the same `run_id` reuses them.
     """
-    shape = net.data_shape
+    shape, on = net.data_shape, next(net.parameters()).device
     xT = np.empty((len(seeds),) + shape, np.float32)
     x0 = np.empty_like(xT)
     labels = seed_labels(seeds, net.label_dim) if net.label_dim else None
@@ -58,8 +58,9 @@ def sample(net, seeds: np.ndarray, sampler: dict, batch: int, desc: str, partial
             continue
         padded = torch.cat([noise, noise[-1:].expand(batch - len(noise), *shape)])
         y = None if labels is None else torch.from_numpy(np.pad(labels[lo:hi], (0, batch - (hi - lo)), mode="edge"))
-        x0[lo:hi] = edm_sampler(net, padded, sampler["steps"], sampler["sigma_min"], sampler["sigma_max"],
-                                sampler["rho"], labels=y)[:hi - lo].numpy()
+        y = None if y is None else y.to(on)
+        x0[lo:hi] = edm_sampler(net, padded.to(on), sampler["steps"], sampler["sigma_min"], sampler["sigma_max"],
+                                sampler["rho"], labels=y)[:hi - lo].cpu().numpy()
         if partial:
             with atomic_path(partial / f"{lo:012d}.npy") as tmp, open(tmp, "wb") as f:
                 np.save(f, x0[lo:hi])
@@ -85,7 +86,7 @@ def _resume(partial: Path, run_id: str) -> set[int]:
 def run(stage, P):
     shard, pairs, sampler = stage.args["shard"], P["pairs"], P["sampler"]
     (model_pt,), (out,) = stage.deps, stage.outs
-    net = load_model(model_pt)
+    net = load_model(model_pt, to=device())
     seeds = shard_seeds(pairs, shard)
     log.info("shard %d: seeds %d..%d, %d NFE per pair, torch threads %d", shard, seeds[0], seeds[-1],
              nfe(sampler["steps"]), torch.get_num_threads())

@@ -14,7 +14,7 @@ log = logging.getLogger("kdm.table")
 
 PUBLISHED = Path(__file__).parents[1] / "published.yaml"      # facts from papers, shipped with the code
 KEYS = ["experiment", "model"]
-ORDER = ["nfe", "ms_per_sample", "params", "fid", "kid", "precision", "recall", "class_acc", "coverage", "sw2",
+ORDER = ["nfe", "ms_per_sample", "speedup", "params", "fid", "kid", "precision", "recall", "class_acc", "coverage", "sw2",
          "outlier_share", "samples", "iterations", "train_minutes"]
 TEXT = ["extractor"]
 SKIP = {"seed", "speed_batch", "provenance", "params_trained"}
@@ -34,8 +34,8 @@ def ours(metric_files) -> pd.DataFrame:
     table = table.reset_index()
     if "iterations" in table:       # how each experiment's students were compared
         budgets = runs.dropna(subset=["iterations"]).groupby("experiment")["iterations"].nunique()
-        table["compared_at"] = [("-" if pd.isna(it) else "equal iterations" if budgets[exp] == 1
-                                 else "unequal iterations") for exp, it in zip(table["experiment"], table["iterations"])]
+        table["compared_at"] = ["-" if pd.isna(it) else "equal iterations" if budgets[exp] == 1 else "unequal iterations"
+                                for exp, it in zip(table["experiment"], table["iterations"])]
     table["source"] = "ours@" + ("/".join(sorted(c[:10] + ("+dirty" if c.endswith("+dirty") else "")
                                                  for c in commits if c)) or "unversioned")
     return table

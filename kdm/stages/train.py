@@ -9,7 +9,7 @@ from kdm import plots
 from kdm.io import fingerprint
 from kdm.pairset import open_pairset
 from kdm.students import Adversary, rec_loss
-from kdm.training import build, train_loop, write_run
+from kdm.training import build, device, train_loop, write_run
 
 
 def student_kwargs(model: str, p: dict, data_shape, x_T_scale: float, label_dim: int) -> dict:
@@ -30,7 +30,7 @@ def run(stage, P):
     labels_all = store.arrays.get("labels")
     shape = x0_all.shape[1:]
     kwargs = student_kwargs(model, p, shape, store.meta["sampler"]["sigma_max"], store.meta["teacher"]["label_dim"])
-    net = build(model, kwargs, seed=seed)
+    net, on = build(model, kwargs, seed=seed), device()
     rec = rec_loss(p["rec_loss"])
     extra, companions = {}, {}
     if model == "kdm":
@@ -42,14 +42,14 @@ def run(stage, P):
     def batch_losses(gen):
         # sorted indices: memory-mapped reads in file order
         idx = torch.randint(len(store), (p["batch"],), generator=gen).sort().values.numpy()
-        x0, xT = torch.from_numpy(x0_all[idx]), torch.from_numpy(xT_all[idx])
-        labels = None if labels_all is None else torch.from_numpy(labels_all[idx])
+        x0, xT = torch.from_numpy(x0_all[idx]).to(on), torch.from_numpy(xT_all[idx]).to(on)
+        labels = None if labels_all is None else torch.from_numpy(labels_all[idx]).to(on)
         return net.losses(x0, xT, gen, rec=rec, labels=labels, **extra)
 
     started = time.perf_counter()
     ema, rows = train_loop(net, batch_losses, p.get("loss_weights", {}), p, seed=seed,
                            grad_clip=p["grad_clip"], desc=stage.name, checkpoint=stage.scratch_path,
-                           run_id=fingerprint(P, seed, store.manifest["arrays"]), companions=companions)
+                           run_id=fingerprint(P, seed, store.manifest["arrays"]), companions=companions, on=on)
     if model == "kdm":
         plots.spectrum(ema.C.matrix().detach(), stage.plots[2], title=f"{stage.name}: eigenvalues of C")
     write_run(stage, model, kwargs, ema, shape, rows, {**P, "seed": seed, "store": store.manifest["arrays"]},

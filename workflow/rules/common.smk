@@ -20,6 +20,12 @@ if config != PARAMS:
     raise ValueError("params.yaml: the jobs read params.yaml itself, so --config/--configfile overrides "
                      "would be ignored; edit params.yaml (or run in another --directory) instead")
 
+# Threads of a training job (teacher, classifier, students). Small networks on CPU scale poorly with
+# threads (1.5-1.6x from 1 to 2 for the checkerboard MLPs and the digits UNets), so two trainings side by
+# side use the cores better than one with all of them; past 8 threads, more parallel jobs do.
+TRAIN_THREADS = max(1, min(8, workflow.cores // 2))
+
+
 wildcard_constraints:
     exp="[a-z][a-z0-9-]*",
     shard=r"\d+",

@@ -9,7 +9,7 @@ rule classifier:
         declared=declared_params(lambda wc: dag.classifier(wc.exp)),
     log:
         dag.classifier("{exp}").log,
-    threads: min(workflow.cores, 8)
+    threads: TRAIN_THREADS
     shell:
         dag.classifier("{wildcards.exp}").cmd
 

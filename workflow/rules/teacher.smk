@@ -5,6 +5,6 @@ rule teacher:
         declared=declared_params(lambda wc: dag.teacher(wc.exp)),
     log:
         dag.teacher("{exp}").log,
-    threads: workflow.cores
+    threads: TRAIN_THREADS
     shell:
         dag.teacher("{wildcards.exp}").cmd

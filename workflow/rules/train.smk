@@ -18,8 +18,6 @@ for model in dag.STUDENTS:
             cmd=dag.train("{exp}", model, "{seed}").cmd,
         log:
             dag.train("{exp}", model, "{seed}").log,
-        # one training at a time gets the cores (small MLPs/UNets on CPU scale to a few threads: 1.6x from
-        # 1 to 2 on the checkerboard KDM); past 8 threads, parallel jobs use a large machine better
-        threads: min(workflow.cores, 8)
+        threads: TRAIN_THREADS
         shell:
             "{params.cmd}"
