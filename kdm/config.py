@@ -101,6 +101,9 @@ def _check_networks(source: str, name: str, exp: dict) -> None:
                      f"which does not divide {shape[-1]}; expected fewer levels")
         elif section == "teacher" and images:
             fail("teacher.net.kind", "expected unet for image data (the mlp teacher is for vector data)")
+    for section in ("kdm", "kd"):
+        if exp[section]["rec_loss"]["kind"] == "lpips" and not images:
+            fail(f"{section}.rec_loss.kind", "lpips compares images; expected l2 or pseudo_huber for vector data")
     kdm = exp["kdm"]
     if kdm["net"]["kind"] == "unet":
         if "latent_channels" not in kdm:

@@ -6,6 +6,7 @@ Class labels are integers (None when unconditional); the networks see them one-h
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -16,13 +17,56 @@ from kdm.nets import Discriminator, count_params, make_net, one_hot
 
 
 def rec_loss(spec: dict):
-    """Reconstruction loss from params: l2 (MSE) or pseudo-Huber sqrt(d^2 + c^2) - c (mean per element)."""
+    """Reconstruction loss from params: l2 (MSE), pseudo-Huber sqrt(d^2 + c^2) - c (mean per element), or
+    LPIPS (images; needs local backbone weights)."""
     if spec["kind"] == "l2":
         return F.mse_loss
     if spec["kind"] == "pseudo_huber":
         c = spec.get("c", 0.03)
         return lambda pred, target: ((pred - target) ** 2 + c * c).sqrt().sub(c).mean()
+    if spec["kind"] == "lpips":
+        return LPIPS(spec["net"], spec["weights"])
     raise ValueError(f"rec_loss.kind: unknown {spec['kind']!r}")
+
+
+class LPIPS:
+    """LPIPS (Zhang et al. 2018), the authors' reconstruction loss: the lpips package's linear layers (shipped
+    with the package) on a torchvision backbone whose ImageNet weights are read from a local file, never
+    downloaded. Images below 32 pixels are upsampled (the backbone halves them four times); grey images
+    are repeated to three channels."""
+
+    URLS = {"vgg": "https://download.pytorch.org/models/vgg16-397923af.pth",
+            "alex": "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"}
+
+    def __init__(self, backbone: str, weights):
+        import lpips
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"rec_loss.weights: {path} does not exist. LPIPS needs torchvision's ImageNet {backbone} weights, "
+                f"which this pipeline does not download: fetch {self.URLS[backbone]} on a machine with internet "
+                f"and put it at {path}; or use rec_loss kind pseudo_huber.")
+        self.model = lpips.LPIPS(net=backbone, pnet_rand=True, verbose=False)      # backbone: no download
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - torch raises many types for foreign files
+            raise ValueError(f"rec_loss.weights: {path} is not a torch state dict ({type(e).__name__}: {e})") from None
+        # lpips keeps torchvision's feature indices: slice2.5.weight is torchvision's features.5.weight
+        names = {f"features.{k.split('.', 1)[1]}": k for k in self.model.net.state_dict()}
+        missing = sorted(set(names) - set(state))
+        if missing:
+            raise ValueError(f"rec_loss.weights: {path} is not torchvision's {backbone} (lacks {missing[:3]})")
+        self.model.net.load_state_dict({names[k]: state[k] for k in names})
+        self.model.eval().requires_grad_(False)
+
+    def __call__(self, pred, target):
+        self.model.to(pred.device)
+        size = max(32, pred.shape[-1])
+
+        def rgb(x):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False) if x.shape[-1] < size else x
+            return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        return self.model(rgb(pred), rgb(target)).mean()
 
 
 def _projection(d_in: int, d_out: int) -> nn.Module:

@@ -158,3 +158,48 @@ def test_inception_extractor_needs_local_weights(tmp_path):
     assert str(missing) in str(e.value) and INCEPTION_URL in str(e.value) and "kind: classifier" in str(e.value)
     x = to_uint8_rgb(torch.tensor([-1.0, 0.0, 1.0]).reshape(1, 1, 1, 3))
     assert x.dtype == torch.uint8 and x.shape == (1, 3, 1, 3) and x[0, 2].tolist() == [[0, 128, 255]]
+
+
+def test_inception_path_reads_local_weights(tmp_path, monkeypatch):
+    """The standard extractor through our path: a local weights file, uint8 RGB conversion and
+    torch-fidelity's resize to 299. The real weights cannot be fetched offline, so the file holds random
+    weights of the same network: the numbers are meaningless, the path is the real one."""
+    import math
+    import torch_fidelity.feature_extractor_inceptionv3 as inception
+    from kdm.fidelity import fidelity_metrics, resolve_extractor
+    with monkeypatch.context() as m:      # build the network once without any weights to save its shape
+        m.setattr(inception, "load_state_dict_from_url", lambda *a, **k: None)
+        m.setattr(inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
+        torch.manual_seed(0)
+        net = inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    weights = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    torch.save(net.state_dict(), weights)
+    name, path = resolve_extractor({"kind": "inception-v3-compat", "weights": str(weights)}, classifier_pt=None)
+    x = Digits(conditional=False).x
+    metrics = fidelity_metrics(x[:40], x[40:80], name, path, kid_subset=20)
+    assert set(metrics) == {"fid", "kid", "precision", "recall"} and all(math.isfinite(v) for v in metrics.values())
+
+
+def test_lpips_reads_local_backbone_weights(tmp_path):
+    """LPIPS with the lpips package's own linear layers on a backbone loaded from a local file (random
+    weights here: ImageNet weights cannot be fetched offline); a missing file names what to download."""
+    import torchvision
+    from kdm.students import LPIPS
+    with pytest.raises(FileNotFoundError, match=r"rec_loss.weights: .*missing.pth does not exist.*alexnet-owt"):
+        rec_loss({"kind": "lpips", "net": "alex", "weights": str(tmp_path / "missing.pth")})
+    torch.manual_seed(0)
+    weights = tmp_path / "alexnet.pth"
+    torch.save(torchvision.models.alexnet().state_dict(), weights)
+    loss = rec_loss({"kind": "lpips", "net": "alex", "weights": str(weights)})
+    assert isinstance(loss, LPIPS)
+    state = torch.load(weights)
+    assert torch.equal(loss.model.net.slice2.__getattr__("3").weight, state["features.3.weight"])
+    x = torch.rand(4, *SHAPE) * 2 - 1
+    pred = (x + 0.3 * torch.randn(x.shape)).requires_grad_()
+    value = loss(pred, x)
+    assert value.ndim == 0 and value > 0 and loss(x, x) < 1e-6
+    value.backward()
+    assert pred.grad.abs().sum() > 0
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="is not torchvision's alex"):
+        rec_loss({"kind": "lpips", "net": "alex", "weights": str(tmp_path / "other.pth")})

@@ -41,9 +41,20 @@ def ours(metric_files) -> pd.DataFrame:
     return table
 
 
+PUBLISHED_KEYS = {"experiment", "model", "params", "nfe", "fid", "source"}
+
+
+def published_rows(path=PUBLISHED) -> pd.DataFrame:
+    rows = yaml.safe_load(Path(path).read_text())
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or set(row) - PUBLISHED_KEYS or not {"experiment", "model", "source"} <= set(row):
+            raise ValueError(f"{path}: row {i + 1} is {row!r}; expected experiment, model, source and any of "
+                             f"{sorted(PUBLISHED_KEYS)} (quote values that contain commas)")
+    return pd.DataFrame(rows)
+
+
 def build(metric_files, published=PUBLISHED) -> pd.DataFrame:
-    rows = pd.DataFrame(yaml.safe_load(Path(published).read_text()))
-    return pd.concat([ours(metric_files), rows], ignore_index=True)
+    return pd.concat([ours(metric_files), published_rows(published)], ignore_index=True)
 
 
 def markdown(table: pd.DataFrame) -> str:
