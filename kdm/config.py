@@ -11,6 +11,7 @@ import yaml
 
 SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
 DATA_SHAPES = {"checkerboard": (2,), "digits": (1, 8, 8)}      # one sample's shape per data kind
+IMAGE_KINDS = tuple(kind for kind, shape in DATA_SHAPES.items() if len(shape) == 3)
 
 
 class ParamsError(ValueError):
@@ -105,6 +106,8 @@ def _check_networks(source: str, name: str, exp: dict) -> None:
         if exp[section]["rec_loss"]["kind"] == "lpips" and not images:
             fail(f"{section}.rec_loss.kind", "lpips compares images; expected l2 or pseudo_huber for vector data")
     kdm = exp["kdm"]
+    if kdm["net"]["kind"] == "mlp" and "latent_channels" in kdm:
+        fail("kdm.latent_channels", "applies to unet encoders only; with an mlp net the latent is latent_dim wide")
     if kdm["net"]["kind"] == "unet":
         if "latent_channels" not in kdm:
             fail("kdm.latent_channels", "required with a unet net (the encoders' output channels)")

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import yaml
 
+from kdm.config import IMAGE_KINDS, section
+
 STUDENTS = ("kdm", "kd")
-IMAGE_KINDS = ("digits",)
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,6 @@ def stages(params) -> list[Stage]:
 
 def stage_params(params, stage: Stage) -> dict:
     """The params a stage reads, keyed by their section name (e.g. 'kdm', 'sampler')."""
-    from kdm.config import section
     return {key.split(".")[-1]: section(params, key) for key in stage.params}
 
 

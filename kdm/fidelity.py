@@ -134,11 +134,13 @@ def fidelity_metrics(generated: torch.Tensor, reference: torch.Tensor, extractor
                      kid_subset: int = 1000, prc_neighborhood: int = 3) -> dict:
     """FID, KID (mean), precision and recall of `generated` against `reference` images, no caching."""
     from torch_fidelity import calculate_metrics
+
+    from kdm.training import device
     if extractor == INCEPTION:
         generated, reference = to_uint8_rgb(generated), to_uint8_rgb(reference)
     m = calculate_metrics(input1=Images(generated), input2=Images(reference), feature_extractor=extractor,
                           feature_extractor_weights_path=weights, fid=True, kid=True, prc=True,
-                          cuda=torch.cuda.is_available(), cache=False, verbose=False, save_cpu_ram=True,
+                          cuda=device().type == "cuda", cache=False, verbose=False, save_cpu_ram=True,
                           kid_subset_size=min(kid_subset, len(generated), len(reference)),
                           prc_neighborhood=prc_neighborhood)
     return {"fid": m["frechet_inception_distance"], "kid": m["kernel_inception_distance_mean"],

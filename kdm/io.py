@@ -122,8 +122,11 @@ def code_revision() -> str | None:
 
 
 def provenance() -> dict:
-    """What produced a result: versions, host and code revision."""
+    """What produced a result: versions, host, device and code revision."""
     import numpy
     import torch
+
+    from kdm.training import device
     return {"commit": code_revision(), "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": numpy.__version__, "host": platform.node(), "threads": torch.get_num_threads()}
+            "numpy": numpy.__version__, "host": platform.node(), "threads": torch.get_num_threads(),
+            "device": str(device())}

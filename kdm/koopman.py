@@ -80,7 +80,7 @@ class DecomposedOperator(nn.Module):
         return torch.cat([torch.cat([M_re, -M_im], dim=1), torch.cat([M_im, M_re], dim=1)], dim=0)
 
     def losses(self) -> dict:
-        eye = torch.eye(len(self.nu))
+        eye = torch.eye(len(self.nu), device=self.nu.device)
         qp_re, qp_im = _cmul(self.Q_re, self.Q_im, self.P_re, self.P_im)
         pq_re, pq_im = _cmul(self.P_re, self.P_im, self.Q_re, self.Q_im)
         out = {"inverse": ((qp_re - eye) ** 2 + qp_im ** 2).mean() + ((pq_re - eye) ** 2 + pq_im ** 2).mean()}

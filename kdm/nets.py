@@ -66,6 +66,9 @@ class MLPNet(nn.Module):
     def forward(self, x, class_labels=None):
         h = x.flatten(1)
         if self.label_dim:
+            if class_labels is None or class_labels.shape != (x.shape[0], self.label_dim):
+                raise ValueError(f"class_labels: expected shape {(x.shape[0], self.label_dim)}, got "
+                                 f"{None if class_labels is None else tuple(class_labels.shape)}")
             h = torch.cat([h, class_labels.to(h.dtype)], dim=1)
         return self.net(h).reshape(-1, *self.out_shape)
 

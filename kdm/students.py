@@ -162,8 +162,9 @@ class Adversary:
     """
 
     def __init__(self, in_channels: int, resolution: int, widths, lr: float, betas, seed: int):
-        torch.manual_seed(seed)
-        self.disc = Discriminator(in_channels, resolution, tuple(widths))
+        with torch.random.fork_rng(devices=[]):     # seeded, leaving the global RNG as it was
+            torch.manual_seed(seed)
+            self.disc = Discriminator(in_channels, resolution, tuple(widths))
         self.opt = torch.optim.Adam(self.disc.parameters(), lr=lr, betas=tuple(betas))
 
     def to(self, device):
@@ -179,7 +180,9 @@ class Adversary:
         for p in self.disc.parameters():
             torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
         self.opt.step()
+        self.disc.requires_grad_(False)         # the student's term: gradients for the student only
         g = self.disc(fake)
+        self.disc.requires_grad_(True)
         return {"adv": bce(g, torch.ones_like(g)), "disc": d_loss.detach()}
 
     def state_dict(self) -> dict:

@@ -44,7 +44,10 @@ ARCHS = {"teacher": _teacher, "kdm": KoopmanStudent, "kd": OneStepStudent, "clas
 def device() -> torch.device:
     """Where stages compute: CUDA when there is a GPU, else the CPU; KDM_DEVICE=cpu|cuda overrides.
     Random draws stay on CPU generators, so the same params give the same bytes on CPU."""
-    return torch.device(os.environ.get("KDM_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu"))
+    name = os.environ.get("KDM_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") or (name == "cuda" and not torch.cuda.is_available()):
+        raise ValueError(f"KDM_DEVICE={name!r}: expected 'cpu', or 'cuda' on a machine with a CUDA GPU")
+    return torch.device(name)
 
 
 def build(arch: str, kwargs: dict, seed: int) -> torch.nn.Module:
@@ -126,6 +129,7 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
     depends on) resumes there and ends with bitwise the same weights as an uninterrupted run.
     """
     gen = torch.Generator().manual_seed(seed)
+    run_id = f"{run_id}/{torch.device(on).type}"      # a CPU checkpoint never resumes on a GPU, nor the reverse
     model.to(on)
     for companion in (companions or {}).values():
         companion.to(on)
@@ -141,6 +145,8 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
         opt.load_state_dict(state["opt"])
         gen.set_state(state["gen"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         for name, companion in (companions or {}).items():
             companion.load_state_dict(state["companions"][name])
         rows, start = state["rows"], state["iteration"]
@@ -180,6 +186,7 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
                 torch.save({"run_id": run_id, "iteration": it + 1, "model": model.state_dict(),
                             "ema": ema.module.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
                             "torch_rng": torch.get_rng_state(), "rows": rows,
+                            "cuda_rng": torch.cuda.get_rng_state_all() if torch.device(on).type == "cuda" else None,
                             "companions": {k: c.state_dict() for k, c in (companions or {}).items()}}, tmp)
     return ema.module.cpu(), rows
 

@@ -3,8 +3,8 @@
 Noise level -> sinusoidal positional embedding -> MLP; an optional one-hot class label is mapped into
 the same embedding; residual blocks (GroupNorm, SiLU, 3x3 conv) take the embedding as a per-channel
 scale and shift; optional self-attention at chosen resolutions; skip connections from encoder to
-decoder. Built for the image experiments (teacher with EDM preconditioning, KDM encoders and decoder,
-KD), which the stages do not run yet.
+decoder. Used by the image experiments: the teacher (with EDM preconditioning), KDM's encoders and
+decoder, and KD (kdm/nets.py wraps it with a constant time input).
 """
 from __future__ import annotations
 

@@ -86,6 +86,7 @@ PARAMS_CASES = [
     ("unet-too-deep", set_key("digits-cond.teacher.net.channel_mult", [1, 2, 2, 2, 2]),
      ["digits-cond.teacher.net.channel_mult", "does not divide 8"]),
     ("latent-above-grid", set_key("digits-cond.kdm.latent_dim", 129), ["digits-cond.kdm.latent_dim", "at most 128"]),
+    ("latent-channels-with-mlp", set_key("checkerboard.kdm.latent_channels", 2), ["checkerboard.kdm.latent_channels", "unet"]),
     ("latent-channels-missing", drop_key("digits-cond.kdm.latent_channels"), ["digits-cond.kdm.latent_channels", "required"]),
     ("adversary-without-weight", drop_key("digits-cond.kdm.loss_weights.adv"), ["digits-cond.kdm.loss_weights.adv", "required"]),
     ("adversary-too-deep", set_key("digits-cond.kdm.adversary.widths", [8, 8, 8, 8]),

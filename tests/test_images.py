@@ -203,3 +203,18 @@ def test_lpips_reads_local_backbone_weights(tmp_path):
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="is not torchvision's alex"):
         rec_loss({"kind": "lpips", "net": "alex", "weights": str(tmp_path / "other.pth")})
+
+
+def test_a_conditional_mlp_without_labels_is_a_clear_error():
+    net = make_net({"kind": "mlp", "hidden": 8, "layers": 2}, SHAPE, (4,), label_dim=10)
+    with pytest.raises(ValueError, match=r"class_labels: expected shape \(2, 10\), got None"):
+        net(torch.randn(2, *SHAPE))
+
+
+def test_device_choice_is_checked(monkeypatch):
+    from kdm.training import device
+    monkeypatch.setenv("KDM_DEVICE", "cpu")
+    assert device().type == "cpu"
+    monkeypatch.setenv("KDM_DEVICE", "tpu")
+    with pytest.raises(ValueError, match="KDM_DEVICE='tpu': expected 'cpu', or 'cuda'"):
+        device()

@@ -6,7 +6,8 @@ from kdm.stages.table import markdown, published_rows
 
 def test_published_rows_carry_their_sources():
     rows = published_rows()
-    assert set(rows.columns) <= {"experiment", "model", "params", "nfe", "fid", "source"}
+    assert set(rows.columns) <= {"experiment", "model", "params", "nfe", "fid", "source", "samples", "extractor"}
+    assert (rows["extractor"] == "inception-v3-compat").all() and (rows["samples"] == 50000).all()
     assert rows["source"].notna().all()
     get_b = rows[(rows["model"] == "GET-B") & (rows["experiment"] == "cifar10-uncond")]
     assert get_b["fid"].tolist() == [7.39]

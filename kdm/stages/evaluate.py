@@ -35,8 +35,9 @@ class Quality:
             classifier_pt, classifier_metrics = stage.deps[-2:]
             self.classifier = load_model(classifier_pt)
             self.extractor, self.weights = resolve_extractor(ev["extractor"], classifier_pt)
-            acc = read_json(classifier_metrics)["heldout_accuracy"]
-            self.described = self.extractor if self.weights else f"{self.extractor} (held-out acc {acc:.3f})"
+            self.heldout_accuracy = read_json(classifier_metrics)["heldout_accuracy"]
+            self.described = self.extractor if self.weights else \
+                f"{self.extractor} (held-out acc {self.heldout_accuracy:.3f})"
 
     def __call__(self, x0: torch.Tensor, labels: torch.Tensor | None) -> dict:
         return self.images(x0, labels, self.data.x) if self.data.images else self.points(x0)
@@ -142,12 +143,16 @@ def run_student(stage, P, quality: Quality):
 
 
 def run_data(stage, P, quality: Quality) -> None:
-    """The evaluator's floor on real images: resampled real vs the real set, and two disjoint halves."""
+    """The evaluator's floor on real images: resampled real vs the real set, and two disjoint halves.
+    For a conditional experiment, class_acc of real data is the classifier's held-out accuracy (most
+    resampled images are ones it was trained on)."""
     ev, data = P["evaluate"], quality.data
     gen = torch.Generator().manual_seed(ev["metric_seed"])
     idx = torch.randint(len(data.x), (ev["samples"],), generator=gen)
     labels = data.y[idx] if data.label_dim else None
-    resampled = quality.images(data.x[idx], labels, data.x)
+    resampled = quality.images(data.x[idx], None, data.x)
+    if data.label_dim:
+        resampled["class_acc"] = quality.heldout_accuracy
     perm = torch.randperm(len(data.x), generator=gen)
     half = len(data.x) // 2
     halves = quality.images(data.x[perm[:half]], None, data.x[perm[half:]])
@@ -159,7 +164,8 @@ def run_data(stage, P, quality: Quality) -> None:
 
 def _write(stage, path, model, samples, result, P):
     result = {"experiment": stage.args["exp"], "model": model, "seed": stage.args.get("seed"), "samples": samples,
-              "speed_batch": P["evaluate"]["speed_batch"], **result, "provenance": provenance()}
+              **({"speed_batch": P["evaluate"]["speed_batch"]} if "ms_per_sample" in result else {}), **result,
+              "provenance": provenance()}
     log.info("%s: %s", stage.name, {k: v for k, v in result.items() if k != "provenance"})
     write_json(path, result)
 

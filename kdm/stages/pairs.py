@@ -93,7 +93,7 @@ def run(stage, P):
     meta = pairs_meta(model_pt, P)
     partial = stage.scratch_path
     arrays = sample(net, seeds, sampler, pairs["batch"], desc=stage.name, partial=partial,
-                    run_id=fingerprint(meta, int(seeds[0]), len(seeds)))
+                    run_id=fingerprint(meta, int(seeds[0]), len(seeds), device().type))
     write_pairset(out, arrays, meta)
     if partial:
         shutil.rmtree(partial)

@@ -50,7 +50,8 @@ def published_rows(path=PUBLISHED) -> pd.DataFrame:
         if not isinstance(row, dict) or set(row) - PUBLISHED_KEYS or not {"experiment", "model", "source"} <= set(row):
             raise ValueError(f"{path}: row {i + 1} is {row!r}; expected experiment, model, source and any of "
                              f"{sorted(PUBLISHED_KEYS)} (quote values that contain commas)")
-    return pd.DataFrame(rows)
+    # every published number is an Inception FID on 50k samples (benchmarks.md)
+    return pd.DataFrame(rows).assign(samples=50000, extractor="inception-v3-compat")
 
 
 def build(metric_files, published=PUBLISHED) -> pd.DataFrame:
