@@ -96,7 +96,7 @@ def run_teacher(stage, P, quality: Quality):
     seeds = np.arange(ev["seed_start"], ev["seed_start"] + ev["samples"], dtype=np.int64)
     arrays = sample(net, seeds, sampler, ev["batch"], desc=stage.name)
     (samples_dir,) = stage.outs
-    write_pairset(samples_dir, arrays, {"teacher": teacher_identity(model_pt), "sampler": sampler})
+    write_pairset(samples_dir, arrays, {"teacher": teacher_identity(model_pt, net), "sampler": sampler})
     labels = _labels(arrays)
     result = {"nfe": nfe(sampler["steps"]), "ms_per_sample": teacher_speed(net, sampler, ev),
               "params": count_params(net), **quality(torch.from_numpy(arrays["x0"]), labels)}

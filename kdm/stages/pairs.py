@@ -23,15 +23,16 @@ def shard_seeds(pairs: dict, shard: int) -> np.ndarray:
     return np.arange(start, start + n, dtype=np.int64)
 
 
-def teacher_identity(model_pt) -> dict:
+def teacher_identity(model_pt, net=None) -> dict:
     """What pairs record of their teacher (shards from different teachers never gather), and whether
-    it is class-conditional (label_dim > 0: the pairs carry labels)."""
-    return {"path": str(model_pt), "sha256": sha256_file(model_pt), "label_dim": load_model(model_pt).label_dim}
+    it is class-conditional (label_dim > 0: the pairs carry labels). `net`: the teacher, if already loaded."""
+    net = load_model(model_pt) if net is None else net
+    return {"path": str(model_pt), "sha256": sha256_file(model_pt), "label_dim": net.label_dim}
 
 
-def pairs_meta(model_pt, P) -> dict:
+def pairs_meta(model_pt, P, net=None) -> dict:
     """What a pair set records of how it was made; the store checks every shard against it."""
-    return {"teacher": teacher_identity(model_pt), "sampler": P["sampler"], "batch": P["pairs"]["batch"]}
+    return {"teacher": teacher_identity(model_pt, net), "sampler": P["sampler"], "batch": P["pairs"]["batch"]}
 
 
 def sample(net, seeds: np.ndarray, sampler: dict, batch: int, desc: str, partial: Path | None = None,
@@ -90,7 +91,7 @@ def run(stage, P):
     seeds = shard_seeds(pairs, shard)
     log.info("shard %d: seeds %d..%d, %d NFE per pair, torch threads %d", shard, seeds[0], seeds[-1],
              nfe(sampler["steps"]), torch.get_num_threads())
-    meta = pairs_meta(model_pt, P)
+    meta = pairs_meta(model_pt, P, net)
     partial = stage.scratch_path
     arrays = sample(net, seeds, sampler, pairs["batch"], desc=stage.name, partial=partial,
                     run_id=fingerprint(meta, int(seeds[0]), len(seeds), device().type))
