@@ -7,6 +7,7 @@ Nothing here carries a timestamp, so the same pairs give the same bytes.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -67,11 +68,15 @@ def _describe(arr: np.ndarray) -> dict:
     return {"shape": list(arr.shape), "dtype": str(arr.dtype)}
 
 
-def write_pairset(path, arrays: dict, meta: dict) -> None:
-    """Write arrays + manifest atomically: the directory appears complete or not at all."""
-    missing = [k for k in REQUIRED if k not in arrays]
+def _require(path, names) -> None:
+    missing = [k for k in REQUIRED if k not in names]
     if missing:
         raise ValueError(f"pair set {path}: missing arrays {missing}")
+
+
+def write_pairset(path, arrays: dict, meta: dict) -> None:
+    """Write arrays + manifest atomically: the directory appears complete or not at all."""
+    _require(path, arrays)
     n = len(arrays["seeds"])
     with atomic_path(path) as tmp:
         tmp.mkdir()
@@ -81,6 +86,26 @@ def write_pairset(path, arrays: dict, meta: dict) -> None:
                 raise ValueError(f"pair set {path}: array {name} has {len(arr)} rows, expected {n}")
             np.save(tmp / f"{name}.npy", arr)
         _write_manifest(tmp, n, list(arrays), meta)
+
+
+@contextlib.contextmanager
+def stream_pairset(path, specs: dict, meta: dict):
+    """Write a pair set block by block without holding it in RAM.
+
+    Yields {name: writable .npy memmap} for `specs` {name: (dtype, shape)} in a temporary directory; when the
+    block ends, the manifest is written with `meta` as it is then (so a caller may complete it while streaming,
+    e.g. with hashes of what it read) and the directory appears at `path` at once, or not at all on error.
+    """
+    _require(path, specs)
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        arrays = {name: np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+                  for name, (dtype, shape) in specs.items()}
+        yield arrays
+        for arr in arrays.values():
+            arr.flush()
+        arrays.clear()
+        _write_manifest(tmp, specs["seeds"][1][0], list(specs), meta)
 
 
 def _write_manifest(directory: Path, n: int, names, meta: dict) -> None:
@@ -177,16 +202,11 @@ def gather(sources: list, path, expect_meta: dict | None = None, expect_seeds: t
     if expect_seeds is not None and seeds != list(expect_seeds):
         raise PairSetError(f"{path}: the shards hold seeds {seeds[0]}..{seeds[1] - 1} ({total} pairs), expected "
                            f"{expect_seeds[0]}..{expect_seeds[1] - 1} from the pairs params")
-    with atomic_path(path) as tmp:
-        tmp.mkdir()
-        for name, arr in first.arrays.items():
-            out = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=arr.dtype,
-                                            shape=(total,) + arr.shape[1:])
+    specs = {name: (arr.dtype, (total,) + arr.shape[1:]) for name, arr in first.arrays.items()}
+    with stream_pairset(path, specs, first.meta) as out:
+        for name, arr in out.items():
             row = 0
             for p in parts:
-                out[row:row + len(p)] = p[name]
+                arr[row:row + len(p)] = p[name]
                 row += len(p)
-            out.flush()
-            del out
-        _write_manifest(tmp, total, list(first.arrays), first.meta)
     return open_pairset(path)
