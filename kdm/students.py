@@ -165,7 +165,8 @@ class Adversary:
         with torch.random.fork_rng(devices=[]):     # seeded, leaving the global RNG as it was
             torch.manual_seed(seed)
             self.disc = Discriminator(in_channels, resolution, tuple(widths))
-        self.opt = torch.optim.Adam(self.disc.parameters(), lr=lr, betas=tuple(betas))
+        from kdm.training import adam       # (kdm.training builds students: imported here, not at the top)
+        self.opt = adam(self.disc.parameters(), lr, betas)
 
     def to(self, device):
         self.disc.to(device)
