@@ -11,6 +11,7 @@ include: "workflow/rules/pairs.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/table.smk"
+include: "workflow/rules/benchmark.smk"
 
 
 rule all:

@@ -8,7 +8,8 @@
     python -m kdm evaluate EXP teacher | python -m kdm evaluate EXP {kdm,kd} SEED
     python -m kdm evaluate EXP data       # image experiments: the evaluator's floor on real images
     python -m kdm table
-    python -m kdm dvc-yaml [--check]      # (re)generate dvc.yaml from params.yaml
+    python -m kdm benchmark               # speed, memory and scale: results/benchmarks.{csv,md,png}
+    python -m kdm dvc-yaml [--check]      # (re)generate dvc.yaml (and workflow/benchmark/dvc.yaml) from params.yaml
     python -m kdm verify EXP              # full sha256 check of the pair shards, store and teacher samples
 
 Pair sets are checked on every open: a fast check (sizes, headers, hashes of each array's first and
@@ -50,16 +51,16 @@ def _parser():
     s.add_argument("model", choices=("data", "teacher") + dag.STUDENTS)
     s.add_argument("seed", type=int, nargs="?")
     sub.add_parser("table")
+    sub.add_parser("benchmark")
     sub.add_parser("verify", help="check every pair set of an experiment byte by byte").add_argument("exp")
-    s = sub.add_parser("dvc-yaml", help="write dvc.yaml for params.yaml's experiments")
-    s.add_argument("--check", action="store_true", help="only check that dvc.yaml is up to date")
-    s.add_argument("--output", default="dvc.yaml")
+    s = sub.add_parser("dvc-yaml", help="write dvc.yaml for params.yaml's experiments (and the benchmark's)")
+    s.add_argument("--check", action="store_true", help="only check that the DVC files are up to date")
     return p
 
 
 def _check_experiment(params: dict, exp: str, source: str) -> None:
-    if exp not in params or exp == "experiments":
-        known = sorted(k for k in params if k != "experiments")
+    if exp not in params or exp in config.RESERVED:
+        known = sorted(k for k in params if k not in config.RESERVED)
         raise config.ParamsError(f"experiment {exp!r}: no such section in {source}; expected one of {known}")
 
 
@@ -67,6 +68,11 @@ def resolve_stage(params: dict, a) -> dag.Stage:
     """The dag.Stage a command line names, after checking its arguments against params."""
     if a.command == "table":
         return dag.table(params)
+    if a.command == "benchmark":
+        if "benchmark" not in params:
+            raise config.ParamsError(f"benchmark: {a.params} has no benchmark section; expected one as in the "
+                                     "shipped params.yaml")
+        return dag.benchmark(params)
     _check_experiment(params, a.exp, a.params)
     if a.command == "teacher":
         return dag.teacher(a.exp)
@@ -101,7 +107,7 @@ def main(argv=None) -> int:
     try:
         params = config.load(a.params)
         if a.command == "dvc-yaml":
-            return _dvc_yaml(params, Path(a.output), a.check)
+            return _dvc_yaml(params, a.check)
         if a.command == "verify":
             _check_experiment(params, a.exp, a.params)
             return _verify(params, a.exp)
@@ -142,16 +148,20 @@ def _verify(params, exp) -> int:
     return 1 if failed else 0
 
 
-def _dvc_yaml(params, output: Path, check: bool) -> int:
+def _dvc_yaml(params, check: bool) -> int:
     from kdm.io import atomic_path
-    text = dag.dvc_yaml(params)
+    files = dag.dvc_files(params)
     if check:
-        if not output.is_file() or output.read_text() != text:
-            print(f"kdm: error: {output} is out of date with params; run `python -m kdm dvc-yaml`", file=sys.stderr)
+        stale = [p for p, text in files.items() if not Path(p).is_file() or Path(p).read_text() != text]
+        if stale:
+            print(f"kdm: error: {', '.join(stale)} out of date with params; run `python -m kdm dvc-yaml`",
+                  file=sys.stderr)
             return 1
         return 0
-    with atomic_path(output) as tmp:
-        tmp.write_text(text)
+    for path, text in files.items():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
     return 0
 
 

@@ -14,6 +14,9 @@ DATA_SHAPES = {"checkerboard": (2,), "digits": (1, 8, 8)}      # one sample's sh
 IMAGE_KINDS = tuple(kind for kind, shape in DATA_SHAPES.items() if len(shape) == 3)
 
 
+RESERVED = ("experiments", "benchmark")                        # top-level keys that are not experiments
+
+
 class ParamsError(ValueError):
     """Invalid params: the message names the file, the key and what was expected."""
 
@@ -60,7 +63,7 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
         if name not in params:
             raise ParamsError(f"{source}: experiments: lists {name!r}, but there is no section {name!r}")
     for name, exp in params.items():
-        if name == "experiments":
+        if name in RESERVED:
             continue
         pairs = exp["pairs"]
         if pairs["count"] % pairs["shards"]:
@@ -79,7 +82,21 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
                 exp["evaluate"]["seed_start"] + exp["evaluate"]["samples"] > pairs["seed_start"]:
             raise ParamsError(f"{source}: {name}.evaluate.seed_start: seeds overlap the training pairs' "
                               f"seeds; expected fresh noise (a range disjoint from {name}.pairs)")
+    if "benchmark" in params:
+        _check_benchmark(source, params)
     return params
+
+
+def _check_benchmark(source: str, params: dict) -> None:
+    b = params["benchmark"]
+    exp = b["overhead"]["experiment"]
+    if exp in RESERVED or exp not in params:
+        raise ParamsError(f"{source}: benchmark.overhead.experiment: {exp!r} is not an experiment section; "
+                          f"expected one of {sorted(k for k in params if k not in RESERVED)}")
+    for shards in b["pairs"]["shards"]:
+        if b["pairs"]["count"] % shards:
+            raise ParamsError(f"{source}: benchmark.pairs.shards: {shards} does not divide benchmark.pairs.count "
+                              f"= {b['pairs']['count']}; expected divisors")
 
 
 def _check_networks(source: str, name: str, exp: dict) -> None:

@@ -95,3 +95,29 @@ def image_pairs(top: np.ndarray, bottom: np.ndarray, path, names: tuple[str, str
         axes[row, 0].set_ylabel(name, fontsize=7)
     fig.suptitle("same noise", fontsize=8)
     _save(fig, path)
+
+
+def benchmarks(table, path) -> None:
+    """The benchmark table at a glance: sampling, training vs store reads, memory, sharding."""
+    fig, ax = plt.subplots(1, 4, figsize=(18, 4))
+    s = table[table["section"] == "sampling"]
+    for (exp, model), g in s.groupby(["experiment", "model"], sort=False):
+        ax[0].loglog(g["batch"], g["samples_per_s"], "o-", label=f"{exp} {model}")
+    ax[0].set(xlabel="batch", ylabel="samples / s", title="sampling")
+    ax[0].legend(fontsize=7)
+    t = table[table["section"] == "training"]
+    names = [f"{e}\n{m}" for e, m in zip(t["experiment"], t["model"])]
+    x = np.arange(len(t))
+    ax[1].bar(x - 0.2, t["samples_per_s"], 0.4, label="training consumes")
+    ax[1].bar(x + 0.2, t["store_samples_per_s"], 0.4, label="store serves")
+    ax[1].set(yscale="log", ylabel="samples / s", title="training vs store reads", xticks=x)
+    ax[1].set_xticklabels(names, fontsize=7)
+    ax[1].legend(fontsize=7)
+    m = table[table["section"] == "memory"]
+    ax[2].bar([f"{int(p)} pairs" for p in m["pairs"]], m["peak_rss_mb"])
+    ax[2].set(ylabel="peak RSS (MB)", title="training memory vs store size")
+    p = table[table["section"] == "pairs"]
+    ax[3].plot(p["shards"], p["pairs_per_s"], "o-")
+    ax[3].set(xscale="log", xlabel="shards", ylabel="pairs / s", title="pair sampling vs shards")
+    fig.tight_layout()
+    _save(fig, path)

@@ -4,7 +4,8 @@ import copy
 
 import pytest
 
-from conftest import TINY_UNET, tiny_digits, tiny_params
+from conftest import tiny_digits, tiny_params
+from kdm.smoke import TINY_UNET
 from workspace import Workspace
 
 pytestmark = pytest.mark.e2e

@@ -21,10 +21,13 @@ def test_snakemake_and_dvc_run_the_same_jobs(tmp_path, params, which):
     if which == "shipped":
         params = config.load(ROOT / "params.yaml")
     ws = Workspace(tmp_path, params)
-    smk = snakemake_jobs(ws.snakemake("--forceall", "-n", "-p").stdout)
-    dvc = dvc_jobs(yaml.safe_load((tmp_path / "dvc.yaml").read_text()))
+    benchmark = ["benchmark"] if "benchmark" in params else []      # shipped: the benchmark too, from its own file
+    smk = snakemake_jobs(ws.snakemake("--forceall", "-n", "-p", "all", *benchmark).stdout)
+    dvc = set()
+    for path in ["dvc.yaml"] + [dag.BENCHMARK_DVC] * bool(benchmark):
+        dvc |= dvc_jobs(yaml.safe_load((tmp_path / path).read_text()))
     assert smk == dvc, f"only Snakemake: {smk - dvc}\nonly DVC: {dvc - smk}"
-    assert len(dvc) == len(dag.stages(params))
+    assert len(dvc) == len(dag.stages(params)) + len(benchmark)
 
 
 def test_each_stage_declares_only_its_own_sections(params):

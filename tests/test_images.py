@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_UNET
+from kdm.smoke import TINY_UNET
 from kdm import dag
 from kdm.datasets import Digits
 from kdm.edm import seed_labels

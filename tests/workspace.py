@@ -1,47 +1,13 @@
-"""A throw-away project workspace for end-to-end runs: params.yaml + generated dvc.yaml, driven by the
-repository's Snakefile (snakemake -s) and by DVC (dvc init --no-scm)."""
+"""The end-to-end tests' workspace (kdm.workspace) and readers of what Snakemake and DVC plan to run."""
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-import yaml
-
-from conftest import ROOT
+import kdm.workspace
 
 
-class Workspace:
-    def __init__(self, path: Path, params: dict):
-        self.path = path
-        self.env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-        self.write_params(params)
-
-    def write_params(self, params: dict, dvc_yaml: bool = True):
-        (self.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        if dvc_yaml:
-            self.run(sys.executable, "-m", "kdm", "dvc-yaml")
-
-    def run(self, *cmd, check=True, timeout=600) -> subprocess.CompletedProcess:
-        r = subprocess.run(cmd, cwd=self.path, env=self.env, capture_output=True, text=True, timeout=timeout)
-        if check and r.returncode:
-            raise AssertionError(f"{' '.join(cmd)} exited {r.returncode}\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")
-        return r
-
-    def snakemake(self, *args, check=True):
-        return self.run(sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--cores", "2", *args,
-                        check=check)
-
-    def dvc(self, *args, check=True):
-        if not (self.path / ".dvc").exists():
-            self.run(sys.executable, "-m", "dvc", "init", "--no-scm", "-q")
-            # the project's DVC settings (hardlinked cache, so adopting outputs keeps their mtimes)
-            project = (ROOT / ".dvc/config").read_text()
-            assert project.startswith("[core]\n")
-            (self.path / ".dvc/config").write_text(project.replace("[core]\n", "[core]\n    no_scm = True\n", 1))
-        return self.run(sys.executable, "-m", "dvc", *args, check=check)
+class Workspace(kdm.workspace.Workspace):
+    """kdm.workspace.Workspace plus what tests ask of it."""
 
     def stage_target(self, name: str) -> str:
         """A Snakemake target that builds the DVC stage `name` (its first output)."""
