@@ -107,7 +107,8 @@ def _check_networks(source: str, name: str, exp: dict) -> None:
     def fail(key, msg):
         raise ParamsError(f"{source}: {name}.{key}: {msg}")
 
-    for section in ("teacher", "kdm", "kd"):
+    trained = exp["teacher"].get("source", "train") == "train"        # a loaded teacher brings its own net
+    for section in ("teacher", "kdm", "kd") if trained else ("kdm", "kd"):
         net = exp[section]["net"]
         if net["kind"] == "unet":
             if not images:

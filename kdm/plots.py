@@ -19,6 +19,11 @@ def _save(fig, path):
 
 def loss_curve(rows: list[dict], path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
+    if not rows:        # a loaded model: nothing was trained
+        ax.text(0.5, 0.5, "no training: loaded model", ha="center", va="center", transform=ax.transAxes)
+        ax.set(title=title)
+        _save(fig, path)
+        return
     steps = [r["step"] for r in rows]
     for key in rows[0]:
         if key != "step":

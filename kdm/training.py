@@ -22,13 +22,15 @@ from kdm.fidelity import ImageClassifier
 from kdm.io import atomic_path
 from kdm.nets import DenoiserMLP, unet_args
 from kdm.students import KoopmanStudent, OneStepStudent
+from kdm.teachers import DiffusersDenoiser
 from kdm.unet import SongUNet
 
 log = logging.getLogger("kdm.train")
 
 
 def _teacher(data_shape, net: dict, sigma_data: float, label_dim: int = 0):
-    """EDM preconditioning around an MLP denoiser (vector data) or a SongUNet (images)."""
+    """EDM preconditioning around an MLP denoiser (vector data) or a SongUNet (images; also EDM's own networks,
+    converted by kdm.teachers)."""
     if net["kind"] == "mlp":
         if len(data_shape) != 1 or label_dim:
             raise ValueError(f"teacher.net: an mlp teacher takes unconditional vector data, got shape {data_shape}")
@@ -38,7 +40,8 @@ def _teacher(data_shape, net: dict, sigma_data: float, label_dim: int = 0):
     return EDMPrecond(model, sigma_data, label_dim)
 
 
-ARCHS = {"teacher": _teacher, "kdm": KoopmanStudent, "kd": OneStepStudent, "classifier": ImageClassifier}
+ARCHS = {"teacher": _teacher, "diffusers": DiffusersDenoiser, "kdm": KoopmanStudent, "kd": OneStepStudent,
+         "classifier": ImageClassifier}
 
 
 def device() -> torch.device:
@@ -199,15 +202,16 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
 
 def write_rows(path, rows: list[dict]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["step", "loss"])   # none: nothing trained
         w.writeheader()
         w.writerows(rows)
 
 
 def write_run(stage, arch: str, kwargs: dict, module, data_shape, rows: list[dict], resolved: dict,
-              started: float) -> None:
+              started: float, source: dict | None = None) -> None:
     """A training stage's outputs: model.pt, config.json (resolved params, provenance and the wall time
-    since `started`, a time.perf_counter() value: a resumed run counts only its own part), train.csv, loss.png."""
+    since `started`, a time.perf_counter() value: a resumed run counts only its own part), train.csv, loss.png.
+    A loaded model (no `rows`) records where it came from (`source`) instead of a training log."""
     seconds = time.perf_counter() - started
     from kdm.io import provenance, write_json
     from kdm.plots import loss_curve
@@ -216,7 +220,8 @@ def write_run(stage, arch: str, kwargs: dict, module, data_shape, rows: list[dic
     write_rows(train_csv, rows)
     loss_curve(rows, loss_png, title=stage.name)
     write_json(config_json, {"stage": stage.name, "arch": arch, "kwargs": kwargs, "params": resolved,
-                             "train_seconds": seconds, "provenance": provenance()})
+                             "train_seconds": seconds, "provenance": provenance(),
+                             **({"source": source} if source else {})})
     save_model(model_pt, arch, kwargs, module, data_shape)   # last: its presence marks the run complete
     if stage.scratch_path:
         stage.scratch_path.unlink(missing_ok=True)           # done: a later run starts afresh

@@ -36,6 +36,14 @@ def _error(params) -> str:
     (lambda p: p.update(experiments=["nope"]), ["experiments", "'nope'"]),
     (lambda p: p.update(experiments=[]), ["experiments"]),
     (lambda p: p.pop("experiments"), ["'experiments' is a required"]),
+    (lambda p: p["checkerboard"].update(teacher={"source": "hub"}), ["checkerboard.teacher.source", "edm-pickle"]),
+    (lambda p: p["checkerboard"].update(teacher={"source": "edm-pickle", "path": "a.pkl"}),
+     ["checkerboard.teacher", "'edm_source' is a required"]),
+    (lambda p: p["checkerboard"].update(teacher={"source": "edm-pickle", "path": "a.pkl", "edm_source": "edm",
+                                           "sha256": "abc"}), ["checkerboard.teacher.sha256", "pattern"]),
+    (lambda p: p["checkerboard"].update(teacher={"source": "diffusers", "path": "d", "lr": 0.1}),
+     ["checkerboard.teacher", "'lr' was unexpected"]),
+    (lambda p: p["checkerboard"]["teacher"].update(source="train", net={"kind": "unet"}), ["checkerboard.teacher.net"]),
 ])
 def test_invalid_params_name_the_key(params, mutate, expect):
     p = copy.deepcopy(params)
@@ -62,6 +70,17 @@ def test_invalid_benchmark_params_name_the_key(params, mutate, expect):
     message = _error(p)
     for fragment in expect:
         assert fragment in message, message
+
+
+@pytest.mark.parametrize("teacher", [
+    {"source": "edm-pickle", "path": "edm-cifar10-32x32-uncond-vp.pkl", "sha256": "0" * 64, "edm_source": "edm"},
+    {"source": "edm-pickle", "path": "a.pkl", "trust_unpinned": True, "edm_source": "edm"},
+    {"source": "diffusers", "path": "ddpm-folder"},
+])
+def test_loaded_teachers_need_no_training_params(params, teacher):
+    p = copy.deepcopy(params)
+    p["checkerboard"]["teacher"] = teacher
+    config.validate(p)
 
 
 def test_malformed_yaml_and_missing_file(tmp_path):
