@@ -59,9 +59,10 @@ def test_pipeline_runs_through_slurm(tmp_path, node):
     r = ws.run(sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"),
                "--profile", str(ROOT / "workflow/profiles/slurm"),
                "--cores", str(cpus),                          # the profile's node size, here this node's
+               # tiny jobs; the profile's 8 GB each may be more than a CI machine has
                "--default-resources", "runtime=30", f"mem_mb={min(2000, mem_mb // 2)}",
-               "--slurm-no-account",                          # no accounting here: no accounts either
-               "--slurm-status-command", "squeue",            # ... and no sacct; squeue sees jobs for MinJobAge
+               "--slurm-status-command", "squeue",            # no accounting, so no sacct; squeue sees
+                                                              # finished jobs for MinJobAge (300 s)
                "--slurm-init-seconds-before-status-checks", "2",   # tiny jobs: poll soon
                timeout=900)
     log = r.stdout + r.stderr
