@@ -14,6 +14,7 @@ DATA_SHAPES = {"checkerboard": (2,), "digits": (1, 8, 8)}      # one sample's sh
 IMAGE_KINDS = tuple(kind for kind, shape in DATA_SHAPES.items() if len(shape) == 3)
 
 
+UNET_KINDS = ("unet", "songunet")                               # image networks (kdm/unet.py)
 RESERVED = ("experiments", "benchmark")                        # top-level keys that are not experiments
 
 
@@ -110,9 +111,9 @@ def _check_networks(source: str, name: str, exp: dict) -> None:
     trained = exp["teacher"].get("source", "train") == "train"        # a loaded teacher brings its own net
     for section in ("teacher", "kdm", "kd") if trained else ("kdm", "kd"):
         net = exp[section]["net"]
-        if net["kind"] == "unet":
+        if net["kind"] in UNET_KINDS:
             if not images:
-                fail(f"{section}.net.kind", f"unet needs image data, but {name}.data.kind is "
+                fail(f"{section}.net.kind", f"{net['kind']} needs image data, but {name}.data.kind is "
                      f"{exp['data']['kind']!r} (shape {shape}); expected mlp")
             levels = len(net["channel_mult"]) - 1
             if shape[-1] % 2 ** levels:
@@ -126,7 +127,7 @@ def _check_networks(source: str, name: str, exp: dict) -> None:
     kdm = exp["kdm"]
     if kdm["net"]["kind"] == "mlp" and "latent_channels" in kdm:
         fail("kdm.latent_channels", "applies to unet encoders only; with an mlp net the latent is latent_dim wide")
-    if kdm["net"]["kind"] == "unet":
+    if kdm["net"]["kind"] in UNET_KINDS:
         if "latent_channels" not in kdm:
             fail("kdm.latent_channels", "required with a unet net (the encoders' output channels)")
         grid = kdm["latent_channels"] * shape[1] * shape[2]

@@ -1,8 +1,9 @@
 """Networks. Small modules named after what they compute.
 
 Every network a student or teacher uses is built from a params `net` spec by `make_net`: kind `mlp`
-(flattened input, the authors' 2-D models) or kind `unet` (the compact SongUNet of kdm/unet.py, the
-authors' image models). Both take an optional one-hot class label.
+(flattened input, the authors' 2-D models), kind `unet` (kdm.unet.CompactUNet, for small images on a CPU
+budget) or kind `songunet` (EDM's DDPM++ SongUNet, the authors' image models). All take an optional one-hot
+class label.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdm.unet import SongUNet
+from kdm.unet import UNETS
 
 
 def mlp(d_in: int, d_out: int, hidden: int, layers: int) -> nn.Sequential:
@@ -74,13 +75,14 @@ class MLPNet(nn.Module):
 
 
 class UNetNet(nn.Module):
-    """A SongUNet with a constant time input `t`, as the KDM encoders (E_0: 0, E_T: 1) and decoder (0) use."""
+    """A UNet (kind unet or songunet) with a constant time input `t`, as the KDM encoders (E_0: 0, E_T: 1) and
+    decoder (0) use."""
 
-    def __init__(self, in_shape, out_shape, t: float, label_dim: int = 0, **unet):
+    def __init__(self, in_shape, out_shape, t: float, kind: str, label_dim: int = 0, **unet):
         super().__init__()
         if tuple(in_shape[1:]) != tuple(out_shape[1:]) or in_shape[1] != in_shape[2]:
             raise ValueError(f"a unet maps square images to the same resolution, got {in_shape} -> {out_shape}")
-        self.unet = SongUNet(in_shape[1], in_shape[0], out_shape[0], label_dim=label_dim, **unet)
+        self.unet = UNETS[kind](in_shape[1], in_shape[0], out_shape[0], label_dim=label_dim, **unet)
         self.register_buffer("t", torch.tensor(float(t)))
 
     def forward(self, x, class_labels=None):
@@ -92,13 +94,13 @@ def make_net(spec: dict, in_shape, out_shape, label_dim: int = 0, t: float = 0.0
     kind, args = spec["kind"], {k: v for k, v in spec.items() if k != "kind"}
     if kind == "mlp":
         return MLPNet(in_shape, out_shape, label_dim=label_dim, **args)
-    if kind == "unet":
-        return UNetNet(in_shape, out_shape, t=t, label_dim=label_dim, **unet_args(args))
-    raise ValueError(f"net.kind: unknown {kind!r}, expected mlp or unet")
+    if kind in UNETS:
+        return UNetNet(in_shape, out_shape, t=t, kind=kind, label_dim=label_dim, **unet_args(args))
+    raise ValueError(f"net.kind: unknown {kind!r}, expected mlp or one of {sorted(UNETS)}")
 
 
 def unet_args(spec: dict) -> dict:
-    """SongUNet keyword arguments from a params unet spec (YAML lists become tuples)."""
+    """UNet keyword arguments from a params unet/songunet spec (YAML lists become tuples)."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items() if k != "kind"}
 
 

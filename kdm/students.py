@@ -1,6 +1,6 @@
 """One-step students: the Koopman Distillation Model and the KD baseline (Luhman & Luhman 2021).
 
-Both are built from a params `net` spec (kdm.nets.make_net): MLPs for 2-D data, SongUNets for images.
+Both are built from a params `net` spec (kdm.nets.make_net): MLPs for 2-D data, UNets for images.
 Class labels are integers (None when unconditional); the networks see them one-hot.
 """
 from __future__ import annotations
@@ -87,7 +87,7 @@ class KoopmanStudent(nn.Module):
                  label_dim: int = 0, latent_channels: int = 1):
         super().__init__()
         data_shape = tuple(data_shape)
-        self.grid = (latent_channels,) + data_shape[1:] if net["kind"] == "unet" else (latent_dim,)
+        self.grid = (latent_channels,) + data_shape[1:] if net["kind"] != "mlp" else (latent_dim,)
         self.E0 = make_net(net, data_shape, self.grid, label_dim, t=0.0)
         self.ET = make_net(net, data_shape, self.grid, label_dim, t=1.0)
         self.D = make_net(net, self.grid, data_shape, label_dim, t=0.0)

@@ -56,7 +56,7 @@ def edm_teacher_kwargs(class_name: str, init_kwargs: dict, where: str = "teacher
         if (list(got) if isinstance(got, tuple) else got) != want:
             raise ValueError(f"{where}.path: the network has {key}={got!r}; only EDM's DDPM++ SongUNet "
                              f"({key}={want!r}) is implemented, not NCSN++ or ADM")
-    net = {"kind": "unet", **{k: kw.pop(k, v) for k, v in SONGUNET_SIZES.items()}}
+    net = {"kind": "songunet", **{k: kw.pop(k, v) for k, v in SONGUNET_SIZES.items()}}
     net = {k: list(v) if isinstance(v, tuple) else v for k, v in net.items()}
     channels, res = kw.pop("img_channels"), kw.pop("img_resolution")
     out = dict(data_shape=[channels, res, res], net=net, sigma_data=float(kw.pop("sigma_data", 0.5)),

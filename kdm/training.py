@@ -23,20 +23,21 @@ from kdm.io import atomic_path
 from kdm.nets import DenoiserMLP, unet_args
 from kdm.students import KoopmanStudent, OneStepStudent
 from kdm.teachers import DiffusersDenoiser
-from kdm.unet import SongUNet
+from kdm.unet import UNETS
 
 log = logging.getLogger("kdm.train")
 
 
 def _teacher(data_shape, net: dict, sigma_data: float, label_dim: int = 0):
-    """EDM preconditioning around an MLP denoiser (vector data) or a SongUNet (images; also EDM's own networks,
-    converted by kdm.teachers)."""
+    """EDM preconditioning around an MLP denoiser (vector data) or a UNet (images: kind unet, or songunet as in
+    EDM's own networks, converted by kdm.teachers)."""
     if net["kind"] == "mlp":
         if len(data_shape) != 1 or label_dim:
             raise ValueError(f"teacher.net: an mlp teacher takes unconditional vector data, got shape {data_shape}")
         model = DenoiserMLP(data_shape[0], net["hidden"], net["layers"], net["emb_dim"], net["emb_scale"])
     else:
-        model = SongUNet(data_shape[1], data_shape[0], data_shape[0], label_dim=label_dim, **unet_args(net))
+        model = UNETS[net["kind"]](data_shape[1], data_shape[0], data_shape[0], label_dim=label_dim,
+                                    **unet_args(net))
     return EDMPrecond(model, sigma_data, label_dim)
 
 

@@ -82,7 +82,7 @@ def test_adversarial_term_trains_the_discriminator_apart():
     assert terms["adv"].requires_grad and not terms["disc"].requires_grad
     assert any(not torch.equal(a, b) for a, b in zip(before, adv.disc.parameters())), "the discriminator stepped"
     terms["adv"].backward()
-    assert s.D.unet.dec["8x8_aux_conv"].weight.grad.abs().sum() > 0, "the adversarial term reaches the decoder"
+    assert s.D.unet.conv_out.weight.grad.abs().sum() > 0, "the adversarial term reaches the decoder"
 
 
 def test_resume_with_adversary_is_bitwise_equal(tmp_path):

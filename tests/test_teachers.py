@@ -106,7 +106,7 @@ def test_edm_pickle_converts_to_weights_that_compute_edms_network(edm_pickle, tm
     path, source, state = edm_pickle
     got = teachers.convert_edm_pickle(path, sha256_file(path), False, source)
     assert got.arch == "teacher" and got.data_shape == [1, 8, 8] and got.sha256 == sha256_file(path)
-    assert got.kwargs["net"] == dict(kind="unet", model_channels=16, channel_mult=[1, 2], num_blocks=2,
+    assert got.kwargs["net"] == dict(kind="songunet", model_channels=16, channel_mult=[1, 2], num_blocks=2,
                                      attn_resolutions=[4], dropout=0.13, augment_dim=9)
     assert str(source.resolve()) not in sys.path and "torch_utils" not in sys.modules, "EDM's code is forgotten"
     net = ARCHS["teacher"](**got.kwargs)

@@ -201,3 +201,20 @@ def test_gradients_reach_every_parameter():
     net(torch.randn(2, 1, 8, 8), torch.rand(2), torch.eye(3)[:2]).square().mean().backward()
     missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == ["map_augment.weight"], missing
+
+
+def test_the_schema_and_the_library_know_the_same_unet_kinds():
+    from kdm.config import UNET_KINDS
+    from kdm.unet import UNETS
+    assert set(UNETS) == set(UNET_KINDS)
+
+
+def test_compact_unet_shapes_and_labels():
+    from kdm.unet import CompactUNet
+    net = CompactUNet(8, 1, 2, model_channels=8, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,),
+                      label_dim=10)
+    y = torch.nn.functional.one_hot(torch.arange(5) % 10, 10).float()
+    out = net(torch.randn(5, 1, 8, 8), torch.zeros(5), y)
+    assert out.shape == (5, 2, 8, 8)
+    with pytest.raises(ValueError, match="class_labels"):
+        net(torch.randn(5, 1, 8, 8), torch.zeros(5))
