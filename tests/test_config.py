@@ -1,6 +1,5 @@
 """params.yaml validation: every error names the key and what was expected."""
 import copy
-import json
 
 import pytest
 import yaml
@@ -8,7 +7,7 @@ import yaml
 from kdm import config
 from kdm.config import ParamsError
 
-from conftest import ROOT
+from conftest import ROOT, shipped
 
 
 def test_shipped_params_are_valid():
@@ -119,11 +118,6 @@ def test_imported_pairs_replace_the_sampled_keys(params):
 PRESETS = ["cifar10-uncond", "cifar10-cond", "ffhq64", "afhqv2-64"]
 
 
-def shipped() -> dict:
-    """params.yaml without the sections its YAML merge keys share: each can be changed alone."""
-    return json.loads(json.dumps(config.load(ROOT / "params.yaml")))
-
-
 @pytest.mark.parametrize("mutate,expect", [
     (lambda e: e["data"].update(resolution=0), ["data.resolution", "minimum"]),
     (lambda e: e["data"].pop("classes"), ["data", "'classes' is a required"]),
@@ -132,7 +126,7 @@ def shipped() -> dict:
     (lambda e: e["evaluate"]["extractor"].update(reference=""), ["evaluate.extractor.reference", "non-empty"]),
     (lambda e: e["evaluate"].update(extractor={"kind": "classifier"}, kid_subset=100, prc_neighborhood=3),
      ["'classifier' is a required"]),
-    (lambda e: e.update(classifier=config.load(ROOT / "params.yaml")["digits"]["classifier"]),
+    (lambda e: e.update(classifier=shipped()["digits"]["classifier"]),
      ["classifier", "only with evaluate.extractor.kind classifier"]),
     (lambda e: e["kdm"].update(latent_dim=8192), ["kdm.latent_dim", "exceeds"]),
 ])

@@ -1,6 +1,5 @@
 """The paper-scale presets of params.yaml: their DAG under both tools on a machine without their files, and the
 messages their stages give when a file is missing."""
-import json
 import re
 import sys
 
@@ -9,7 +8,7 @@ import yaml
 
 from kdm import config, dag
 
-from conftest import ROOT
+from conftest import shipped
 from workspace import Workspace, dvc_jobs, snakemake_jobs
 
 PRESETS = ["cifar10-uncond", "cifar10-cond", "ffhq64", "afhqv2-64"]
@@ -18,7 +17,7 @@ PRESETS = ["cifar10-uncond", "cifar10-cond", "ffhq64", "afhqv2-64"]
 def preset(name: str, **paths) -> dict:
     """Params that run the preset `name` alone (its sections unshared from the other presets'), with `paths`
     ('section.key': value) replaced."""
-    exp = json.loads(json.dumps(config.load(ROOT / "params.yaml")[name]))
+    exp = shipped()[name]
     for dotted, value in paths.items():
         *parents, key = dotted.split(".")
         config.section(exp, ".".join(parents))[key] = value

@@ -1,6 +1,5 @@
 """Image data by path (EDM's dataset_tool.py layout) and FID against reference statistics (kdm/frechet.py, the
-reference stage). The real Inception weights cannot be fetched offline: a file of random weights of the same
-network stands in, so the numbers are meaningless but the path is the real one."""
+reference stage), with random Inception weights (conftest.inception_weights)."""
 import io
 import json
 import zipfile
@@ -17,19 +16,6 @@ from kdm.stages import reference
 
 SHAPE = (3, 32, 32)
 N = 12
-
-
-@pytest.fixture(scope="module")
-def inception_weights(tmp_path_factory):
-    import torch_fidelity.feature_extractor_inceptionv3 as inception
-    with pytest.MonkeyPatch.context() as m:      # build the network once without any weights to save its shape
-        m.setattr(inception, "load_state_dict_from_url", lambda *a, **k: None)
-        m.setattr(inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
-        torch.manual_seed(0)
-        net = inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    path = tmp_path_factory.mktemp("weights") / "weights-inception-2015-12-05-6726825d.pth"
-    torch.save(net.state_dict(), path)
-    return str(path)
 
 
 def pixels(n=N, seed=0) -> np.ndarray:
