@@ -13,6 +13,7 @@ from kdm import dag, frechet
 from kdm.datasets import ImageFolder
 from kdm.fidelity import Images, to_uint8_rgb
 from kdm.stages import reference
+from kdm.stages.evaluate import Quality
 
 SHAPE = (3, 32, 32)
 N = 12
@@ -103,6 +104,12 @@ def test_reference_stage_from_folder_zip_and_npz(tmp_path, monkeypatch, inceptio
     for key in ("mu", "sigma"):     # the same images give the same statistics, also computed directly
         np.testing.assert_array_equal(stats["folder"][key], stats["zip"][key])
         np.testing.assert_allclose(stats["folder"][key], direct[key], rtol=1e-4, atol=1e-6)
+    # an evaluation with Inception measures FID against these statistics: ~0 for the real images themselves
+    params = {"x": {"data": data, "evaluate": {"extractor": extractor, "batch": 6}}}
+    folder = ImageFolder(path, 32, 3, classes=0)
+    got = Quality(dag.evaluate_teacher(params, "x"), folder, params["x"]["evaluate"])(
+        torch.stack([folder[i] for i in range(N)]), None)
+    assert set(got) == {"fid", "extractor"} and abs(got["fid"]) < 1e-3 * np.trace(stats["zip"]["sigma"])
     # a precomputed .npz (EDM's fid-refs layout) is checked and taken as it is; the data set is not read
     np.savez(tmp_path / "refs.npz", mu=stats["zip"]["mu"].astype(np.float32), sigma=stats["zip"]["sigma"])
     missing = {"kind": "images", "path": str(tmp_path / "absent"), "resolution": 32, "channels": 3, "classes": 0}
