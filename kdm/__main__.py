@@ -92,10 +92,10 @@ def resolve_stage(params: dict, a) -> dag.Stage:
                                      f"reference statistics; expected {a.exp}.evaluate.extractor.kind inception-v3-compat")
         return dag.reference(a.exp)
     if a.command == "pairs":
-        shards = dag.shard_count(params, a.exp)
         if config.imported(params[a.exp]["pairs"]):
             raise config.ParamsError(f"pairs {a.exp}: {a.exp}.pairs.source is import; the store stage imports the "
                                      "pairs, there are no pair shards")
+        shards = dag.shard_count(params, a.exp)
         if not 0 <= a.shard < shards:
             raise config.ParamsError(f"shard {a.shard}: expected 0 <= shard < {a.exp}.pairs.shards = {shards}")
         return dag.pairs(a.exp, a.shard)
