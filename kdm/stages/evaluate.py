@@ -50,7 +50,7 @@ class Quality:
     def __call__(self, x0: torch.Tensor, labels: torch.Tensor | None) -> dict:
         if not self.data.images:
             return self.points(x0)
-        return self.images(x0, labels, self.data.x) if self.classifier else self.frechet(x0)
+        return self.frechet(x0) if self.classifier is None else self.images(x0, labels, self.data.x)
 
     def points(self, x0) -> dict:
         gen = torch.Generator().manual_seed(self.ev["metric_seed"])
