@@ -1,6 +1,7 @@
 """The one CLI that Snakemake and DVC both call:
 
     python -m kdm classifier EXP          # image experiments: the evaluator's feature extractor
+    python -m kdm reference EXP           # image experiments with Inception: the real images' statistics
     python -m kdm teacher EXP
     python -m kdm pairs EXP SHARD
     python -m kdm store EXP
@@ -37,6 +38,7 @@ def _parser():
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("classifier").add_argument("exp")
+    sub.add_parser("reference").add_argument("exp")
     sub.add_parser("teacher").add_argument("exp")
     s = sub.add_parser("pairs")
     s.add_argument("exp")
@@ -77,18 +79,28 @@ def resolve_stage(params: dict, a) -> dag.Stage:
     if a.command == "teacher":
         return dag.teacher(a.exp)
     if a.command == "classifier" or (a.command == "evaluate" and a.model == "data"):
-        if not dag.images(params, a.exp):
-            raise config.ParamsError(f"{a.command} {a.exp}: only image experiments have a classifier and a real-data "
-                                     f"floor; {a.exp}.data.kind is {params[a.exp]['data']['kind']!r}")
+        if not dag.has_classifier(params, a.exp):
+            raise config.ParamsError(f"{a.command} {a.exp}: only image experiments evaluated with their classifier "
+                                     f"have one and a real-data floor; {a.exp} has data.kind "
+                                     f"{params[a.exp]['data']['kind']!r}" + (f", evaluate.extractor.kind "
+                                     f"{params[a.exp]['evaluate']['extractor']['kind']!r}" if dag.images(params, a.exp) else ""))
         if a.command == "classifier":
             return dag.classifier(a.exp)
+    if a.command == "reference":
+        if not dag.images(params, a.exp) or dag.has_classifier(params, a.exp):
+            raise config.ParamsError(f"reference {a.exp}: only image experiments evaluated with Inception have "
+                                     f"reference statistics; expected {a.exp}.evaluate.extractor.kind inception-v3-compat")
+        return dag.reference(a.exp)
     if a.command == "pairs":
-        shards = params[a.exp]["pairs"]["shards"]
+        if config.imported(params[a.exp]["pairs"]):
+            raise config.ParamsError(f"pairs {a.exp}: {a.exp}.pairs.source is import; the store stage imports the "
+                                     "pairs, there are no pair shards")
+        shards = dag.shard_count(params, a.exp)
         if not 0 <= a.shard < shards:
             raise config.ParamsError(f"shard {a.shard}: expected 0 <= shard < {a.exp}.pairs.shards = {shards}")
         return dag.pairs(a.exp, a.shard)
     if a.command == "store":
-        return dag.store(a.exp, params[a.exp]["pairs"]["shards"])
+        return dag.store(a.exp, dag.shard_count(params, a.exp))
     if a.command == "evaluate" and a.model in ("data", "teacher"):
         if a.seed is not None:
             raise config.ParamsError(f"evaluate {a.exp} {a.model}: the {a.model} has no training seed, got {a.seed}")
@@ -132,7 +144,7 @@ def main(argv=None) -> int:
 def _verify(params, exp) -> int:
     """Full check of every pair set the experiment has written so far."""
     from kdm.pairset import PairSetError, open_pairset
-    dirs = [d.rstrip("/") for d in [dag.shard_dir(exp, i) for i in range(params[exp]["pairs"]["shards"])]
+    dirs = [d.rstrip("/") for d in [dag.shard_dir(exp, i) for i in range(dag.shard_count(params, exp))]
             + [dag.store_dir(exp), dag.evaluate_teacher(params, exp).outs[0]]]
     failed = 0
     for d in dirs:

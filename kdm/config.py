@@ -10,8 +10,8 @@ import jsonschema
 import yaml
 
 SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
-DATA_SHAPES = {"checkerboard": (2,), "digits": (1, 8, 8)}      # one sample's shape per data kind
-IMAGE_KINDS = tuple(kind for kind, shape in DATA_SHAPES.items() if len(shape) == 3)
+FIXED_SHAPES = {"checkerboard": (2,), "digits": (1, 8, 8)}     # one sample's shape, for kinds that fix it
+IMAGE_KINDS = ("digits", "images")
 
 
 UNET_KINDS = ("unet", "songunet")                               # image networks (kdm/unet.py)
@@ -20,6 +20,19 @@ RESERVED = ("experiments", "benchmark")                        # top-level keys 
 
 class ParamsError(ValueError):
     """Invalid params: the message names the file, the key and what was expected."""
+
+
+def data_shape(data: dict) -> tuple:
+    """One sample's shape from an experiment's data params (an image data set's from its own params, so
+    it is known without its files)."""
+    if data["kind"] == "images":
+        return (data["channels"], data["resolution"], data["resolution"])
+    return FIXED_SHAPES[data["kind"]]
+
+
+def imported(pairs: dict) -> bool:
+    """Whether the pairs are imported from a published set rather than sampled from the teacher."""
+    return pairs.get("source", "teacher") == "import"
 
 
 def load_schema() -> dict:
@@ -66,10 +79,7 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
     for name, exp in params.items():
         if name in RESERVED:
             continue
-        pairs = exp["pairs"]
-        if pairs["count"] % pairs["shards"]:
-            raise ParamsError(f"{source}: {name}.pairs.shards: {pairs['shards']} does not divide "
-                              f"{name}.pairs.count = {pairs['count']}; expected a divisor")
+        _check_pairs(source, name, exp)
         kdm = exp["kdm"]
         if kdm["operator"]["kind"] == "decomposed" and kdm["latent_dim"] % 2:
             raise ParamsError(f"{source}: {name}.kdm.latent_dim: {kdm['latent_dim']} is odd; a decomposed "
@@ -79,13 +89,27 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
         if sampler["sigma_min"] >= sampler["sigma_max"]:
             raise ParamsError(f"{source}: {name}.sampler.sigma_min: {sampler['sigma_min']} must be "
                               f"below sigma_max = {sampler['sigma_max']}")
-        if exp["evaluate"]["seed_start"] < pairs["seed_start"] + pairs["count"] and \
-                exp["evaluate"]["seed_start"] + exp["evaluate"]["samples"] > pairs["seed_start"]:
-            raise ParamsError(f"{source}: {name}.evaluate.seed_start: seeds overlap the training pairs' "
-                              f"seeds; expected fresh noise (a range disjoint from {name}.pairs)")
+        if exp["data"]["kind"] == "images" and exp["evaluate"]["extractor"]["kind"] == "classifier":
+            raise ParamsError(f"{source}: {name}.evaluate.extractor.kind: classifier is trained on the digits "
+                              "only; expected inception-v3-compat for an image data set given by path")
     if "benchmark" in params:
         _check_benchmark(source, params)
     return params
+
+
+def _check_pairs(source: str, name: str, exp: dict) -> None:
+    pairs, ev = exp["pairs"], exp["evaluate"]
+    if imported(pairs):         # the store records the import's sigma_max; students and evaluation read sampler's
+        if pairs["sigma_max"] != exp["sampler"]["sigma_max"]:
+            raise ParamsError(f"{source}: {name}.pairs.sigma_max: {pairs['sigma_max']} differs from "
+                              f"{name}.sampler.sigma_max = {exp['sampler']['sigma_max']}; expected the same x_T scale")
+        return
+    if pairs["count"] % pairs["shards"]:
+        raise ParamsError(f"{source}: {name}.pairs.shards: {pairs['shards']} does not divide "
+                          f"{name}.pairs.count = {pairs['count']}; expected a divisor")
+    if ev["seed_start"] < pairs["seed_start"] + pairs["count"] and ev["seed_start"] + ev["samples"] > pairs["seed_start"]:
+        raise ParamsError(f"{source}: {name}.evaluate.seed_start: seeds overlap the training pairs' "
+                          f"seeds; expected fresh noise (a range disjoint from {name}.pairs)")
 
 
 def _check_benchmark(source: str, params: dict) -> None:
@@ -102,7 +126,7 @@ def _check_benchmark(source: str, params: dict) -> None:
 
 def _check_networks(source: str, name: str, exp: dict) -> None:
     """Networks must fit the data: UNets and the discriminator need images of a size they can halve."""
-    shape = DATA_SHAPES[exp["data"]["kind"]]
+    shape = data_shape(exp["data"])
     images = len(shape) == 3
 
     def fail(key, msg):

@@ -8,10 +8,11 @@ params it declares and only write the outputs it declares.
 
 Paths ending in "/" are directory outputs.
 
-Image experiments add two stages: `classifier` (the offline evaluator's feature extractor, trained on
-the real images) and `evaluate data` (the evaluator's floor on real images); their evaluations depend
-on the classifier. A stage's outputs never depend on the data kind, only its deps do, so a Snakemake
-rule serves both kinds with one output pattern.
+Image experiments add stages for their evaluator: with the offline classifier, `classifier` (trained on the
+real images) and `evaluate data` (the evaluator's floor on real images); with Inception, `reference` (the
+real images' feature statistics FID is measured against). Their evaluations depend on these. Imported pair
+sets have no pair shards: the store stage imports them. A stage's outputs never depend on the data kind,
+only its deps do, so a Snakemake rule serves every kind with one output pattern.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from kdm.config import IMAGE_KINDS, section
+from kdm.config import IMAGE_KINDS, imported, section
 
 STUDENTS = ("kdm", "kd")
 
@@ -69,6 +70,17 @@ def images(params, exp) -> bool:
     return params.get(exp, {}).get("data", {}).get("kind") in IMAGE_KINDS
 
 
+def has_classifier(params, exp) -> bool:
+    """Whether the image experiment `exp` is evaluated with its own classifier (else with Inception)."""
+    return images(params, exp) and params[exp]["evaluate"]["extractor"]["kind"] == "classifier"
+
+
+def shard_count(params, exp) -> int:
+    """How many pair-shard stages `exp` has: none when its pairs are imported."""
+    pairs = params[exp]["pairs"]
+    return 0 if imported(pairs) else pairs["shards"]
+
+
 def classifier_files(exp):
     return model_files(exp, "classifier") | dict(metrics=(f"results/{exp}/classifier/metrics.json",))
 
@@ -79,11 +91,23 @@ def classifier(exp):
                  args=dict(exp=exp), **classifier_files(exp))
 
 
+def reference_stats(exp):
+    return f"results/{exp}/reference/stats.npz"
+
+
+def reference(exp):
+    return Stage(name=f"{exp}-reference", cmd=f"python -m kdm reference {exp}", deps=(),
+                 outs=(reference_stats(exp),), params=(f"{exp}.data", f"{exp}.evaluate.extractor"),
+                 log=f"logs/{exp}/reference.log", args=dict(exp=exp))
+
+
 def evaluator_deps(params, exp) -> tuple[str, ...]:
-    """What an evaluation reads besides its model: for images, the classifier and its held-out accuracy
-    (always the last two deps)."""
+    """What an evaluation reads besides its model (always its last deps): for images, the classifier and its
+    held-out accuracy, or the Inception reference statistics."""
     if not images(params, exp):
         return ()
+    if not has_classifier(params, exp):
+        return (reference_stats(exp),)
     files = classifier_files(exp)
     return files["outs"][:1] + files["metrics"]
 
@@ -114,7 +138,7 @@ def store_dir(exp):
 
 
 def store(exp, shards):
-    # the teacher and the sampler/pairs params are read to check that every shard matches them
+    # the teacher and the sampler/pairs params are read to check that every shard (or the import) matches them
     return Stage(name=f"{exp}-store", cmd=f"python -m kdm store {exp}",
                  deps=tuple(shard_dir(exp, i) for i in range(shards)) + (teacher_pt(exp),), outs=(store_dir(exp),),
                  params=(f"{exp}.sampler", f"{exp}.pairs"), log=f"logs/{exp}/store.log", args=dict(exp=exp))
@@ -165,7 +189,7 @@ def evaluate_data(params, exp):
 
 
 def evaluations(params, exp):
-    if images(params, exp):
+    if has_classifier(params, exp):
         yield evaluate_data(params, exp)
     yield evaluate_teacher(params, exp)
     for model in STUDENTS:
@@ -201,11 +225,13 @@ def stages(params) -> list[Stage]:
     """Every stage of the default run, in topological order."""
     out = []
     for exp in params["experiments"]:
-        if images(params, exp):
+        if has_classifier(params, exp):
             out.append(classifier(exp))
+        elif images(params, exp):
+            out.append(reference(exp))
         out.append(teacher(exp))
-        out += [pairs(exp, i) for i in range(params[exp]["pairs"]["shards"])]
-        out.append(store(exp, params[exp]["pairs"]["shards"]))
+        out += [pairs(exp, i) for i in range(shard_count(params, exp))]
+        out.append(store(exp, shard_count(params, exp)))
         out += [train(exp, m, s) for m in STUDENTS for s in params[exp]["train_seeds"]]
         out += list(evaluations(params, exp))
     out.append(table(params))

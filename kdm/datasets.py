@@ -1,10 +1,15 @@
 """Data an experiment is about. Every draw takes an explicit torch.Generator.
 
 `sample(n, generator)` returns (x, labels): labels are integer classes for a conditional experiment,
-else None. `images` tells the stages which metrics, figures and extra stages (classifier, real-data
-floor) apply.
+else None. `images` tells the stages which metrics and figures apply. Image data sets are also torch
+Datasets of [-1, 1] float images (`real`), which the reference statistics are computed from.
 """
 from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -77,9 +82,95 @@ class Digits:
         return self.x[idx], (self.y[idx] if self.label_dim else None)
 
 
+    def real(self) -> torch.Tensor:
+        return self.x           # a tensor is a Dataset of its rows
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """Images given by path, as EDM's dataset_tool.py writes them: a folder (searched recursively) or a zip
+    of image files, sorted by name, with optional labels in dataset.json ({"labels": [[fname, label], ...]},
+    fname relative with '/'). Items are [-1, 1] float tensors (C, H, W). Nothing is read until images or
+    labels are asked for, so stages that need only the shape run without the files."""
+
+    images = True
+
+    def __init__(self, path, resolution: int, channels: int, classes: int):
+        self.path, self.shape, self.label_dim = Path(path), (channels, resolution, resolution), classes
+        self._names = self._labels = self._zip = None
+
+    @classmethod
+    def from_params(cls, data: dict) -> "ImageFolder":
+        return cls(data["path"], data["resolution"], data["channels"], data["classes"])
+
+    def _open(self):
+        if self._names is not None:
+            return
+        if not self.path.exists():
+            raise FileNotFoundError(f"data.path: {self.path} does not exist; expected a folder or .zip of images "
+                                    "as EDM's dataset_tool.py writes them")
+        if self.path.is_dir():
+            files = [p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file()]
+        else:
+            try:
+                self._zip = zipfile.ZipFile(self.path)
+            except zipfile.BadZipFile:
+                raise ValueError(f"data.path: {self.path} is neither a folder nor a zip file") from None
+            files = self._zip.namelist()
+        from PIL import Image
+        Image.init()
+        self._names = sorted(f for f in files if Path(f).suffix.lower() in Image.EXTENSION)
+        if not self._names:
+            raise ValueError(f"data.path: {self.path} holds no image files")
+        self._labels = self._read_labels(files)
+
+    def _read(self, name: str) -> bytes:
+        return self._zip.read(name) if self._zip else (self.path / name).read_bytes()
+
+    def _read_labels(self, files) -> np.ndarray | None:
+        if not self.label_dim:
+            return None
+        if "dataset.json" not in files:
+            raise ValueError(f"data.classes: {self.label_dim}, but {self.path} has no dataset.json with labels")
+        labels = dict(json.loads(self._read("dataset.json")).get("labels") or [])
+        missing = [n for n in self._names if n not in labels]
+        if missing:
+            raise ValueError(f"data.path: {self.path}/dataset.json has no label for {missing[:3]}")
+        y = np.array([labels[n] for n in self._names], np.int64)
+        if y.min() < 0 or y.max() >= self.label_dim:
+            raise ValueError(f"data.classes: {self.label_dim}, but {self.path}/dataset.json has labels "
+                             f"{y.min()}..{y.max()}; expected 0..{self.label_dim - 1}")
+        return y
+
+    def __len__(self):
+        self._open()
+        return len(self._names)
+
+    def __getitem__(self, i) -> torch.Tensor:
+        from PIL import Image
+        self._open()
+        x = np.array(Image.open(io.BytesIO(self._read(self._names[i]))))
+        x = x[:, :, None] if x.ndim == 2 else x
+        x = torch.from_numpy(x).permute(2, 0, 1)
+        if tuple(x.shape) != self.shape:
+            raise ValueError(f"data.resolution/channels: {self.path}: {self._names[i]} has shape {tuple(x.shape)}, "
+                             f"expected {self.shape}")
+        return x.float().div(127.5).sub(1)
+
+    def real(self) -> torch.utils.data.Dataset:
+        return self
+
+    def sample(self, n: int, generator: torch.Generator):
+        """n images drawn with replacement, and their labels if the data set is class-conditional."""
+        idx = torch.randint(len(self), (n,), generator=generator)
+        x = torch.stack([self[int(i)] for i in idx])
+        return x, (torch.from_numpy(self._labels[idx.numpy()]) if self.label_dim else None)
+
+
 def make(data: dict):
     if data["kind"] == "checkerboard":
         return Checkerboard.from_params(data)
     if data["kind"] == "digits":
         return Digits.from_params(data)
+    if data["kind"] == "images":
+        return ImageFolder.from_params(data)
     raise ValueError(f"data.kind: unknown kind {data['kind']!r}")

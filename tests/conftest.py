@@ -1,4 +1,5 @@
 """Shared fixtures: tiny params for fast end-to-end runs, and a tiny teacher."""
+import json
 import os
 from pathlib import Path
 
@@ -11,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def shipped() -> dict:
-    return yaml.safe_load((ROOT / "params.yaml").read_text())
+    """params.yaml, its sections unshared (YAML merge keys share them): each can be changed alone."""
+    return json.loads(json.dumps(yaml.safe_load((ROOT / "params.yaml").read_text())))
 
 
 def tiny_params() -> dict:
@@ -33,3 +35,19 @@ def params():
 def _one_thread(monkeypatch):
     # the CLI's subprocesses: one thread each keeps runs comparable and the suite quick on 2 cores
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+
+
+@pytest.fixture(scope="session")
+def inception_weights(tmp_path_factory) -> str:
+    """A weights file for torch-fidelity's inception-v3-compat holding random weights of the same network (the
+    real ones cannot be fetched offline): the numbers are meaningless, the code path is the real one."""
+    import torch
+    import torch_fidelity.feature_extractor_inceptionv3 as inception
+    with pytest.MonkeyPatch.context() as m:      # build the network once without any weights to save its shape
+        m.setattr(inception, "load_state_dict_from_url", lambda *a, **k: None)
+        m.setattr(inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
+        torch.manual_seed(0)
+        net = inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    path = tmp_path_factory.mktemp("weights") / "weights-inception-2015-12-05-6726825d.pth"
+    torch.save(net.state_dict(), path)
+    return str(path)

@@ -27,6 +27,17 @@ def set_key(path, value):
     return mutate
 
 
+def to_inception(extractor):
+    """digits-cond evaluated with `extractor` instead of its classifier: without the classifier-only keys."""
+    def mutate(p):
+        exp = p["digits-cond"]
+        exp.pop("classifier")
+        for key in ("kid_subset", "prc_neighborhood"):
+            exp["evaluate"].pop(key)
+        exp["evaluate"]["extractor"] = extractor
+    return mutate
+
+
 def drop_key(path):
     def mutate(p):
         *parents, last = path.split(".")
@@ -98,8 +109,10 @@ PARAMS_CASES = [
     ("classifier-missing", drop_key("digits-cond.classifier"), ["digits-cond", "'classifier' is a required"]),
     ("holdout-all", set_key("digits-cond.classifier.holdout", 1.0), ["digits-cond.classifier.holdout", "exclusiveMaximum"]),
     ("conditional-not-bool", set_key("digits-cond.data.conditional", "yes"), ["digits-cond.data.conditional", "boolean"]),
-    ("inception-without-weights", set_key("digits-cond.evaluate.extractor", {"kind": "inception-v3-compat"}),
-     ["digits-cond.evaluate.extractor", "weights"]),
+    ("inception-without-weights", to_inception({"kind": "inception-v3-compat"}), ["digits-cond.evaluate.extractor", "weights"]),
+    ("inception-with-kid", lambda p: (to_inception({"kind": "inception-v3-compat", "weights": "w.pth"})(p),
+                                      set_key("digits-cond.evaluate.kid_subset", 100)(p)),
+     ["digits-cond.evaluate.kid_subset", "classifier extractor only"]),
     ("lpips-on-points", set_key("checkerboard.kd.rec_loss", {"kind": "lpips", "net": "vgg", "weights": "vgg.pth"}),
      ["checkerboard.kd.rec_loss.kind", "lpips compares images"]),
     ("lpips-without-weights", set_key("digits-cond.kdm.rec_loss", {"kind": "lpips", "net": "vgg"}),

@@ -7,12 +7,15 @@ import yaml
 from kdm import config
 from kdm.config import ParamsError
 
-from conftest import ROOT
+from conftest import ROOT, shipped
 
 
 def test_shipped_params_are_valid():
     params = config.load(ROOT / "params.yaml")
     assert params["experiments"]
+
+
+IMPORT = {"source": "import", "format": "kdm-npz", "path": "pairs", "sigma_max": 80.0}
 
 
 def _error(params) -> str:
@@ -44,6 +47,12 @@ def _error(params) -> str:
     (lambda p: p["checkerboard"].update(teacher={"source": "diffusers", "path": "d", "lr": 0.1}),
      ["checkerboard.teacher", "'lr' was unexpected"]),
     (lambda p: p["checkerboard"]["teacher"].update(source="train", net={"kind": "unet"}), ["checkerboard.teacher.net"]),
+    (lambda p: p["checkerboard"].update(pairs=IMPORT | {"sigma_max": 40.0}), ["checkerboard.pairs.sigma_max", "80"]),
+    (lambda p: p["checkerboard"].update(pairs=IMPORT | {"format": "zip"}), ["checkerboard.pairs.format", "enum"]),
+    (lambda p: p["checkerboard"].update(pairs=IMPORT | {"options": {"batch": 2}}), ["checkerboard.pairs.options", "kdm-npz"]),
+    (lambda p: p["checkerboard"].update(pairs=IMPORT | {"count": 10}), ["checkerboard.pairs", "'count' was unexpected"]),
+    (lambda p: p["checkerboard"].update(pairs={"source": "import", "format": "get"}),
+     ["checkerboard.pairs", "'path' is a required"]),
 ])
 def test_invalid_params_name_the_key(params, mutate, expect):
     p = copy.deepcopy(params)
@@ -98,3 +107,60 @@ def test_malformed_yaml_and_missing_file(tmp_path):
 def test_schema_file_is_the_one_snakemake_validates_with():
     assert "validate(config, str(kdm_config.SCHEMA_PATH))" in (ROOT / "workflow/rules/common.smk").read_text()
     assert yaml.safe_load(config.SCHEMA_PATH.read_text())["$schema"].endswith("2020-12/schema")
+
+
+def test_imported_pairs_replace_the_sampled_keys(params):
+    p = copy.deepcopy(params)
+    p["checkerboard"]["pairs"] = IMPORT | {"format": "get", "options": {"seed_start": 0, "batch": 250, "world_size": 4}}
+    config.validate(p)
+
+
+PRESETS = ["cifar10-uncond", "cifar10-cond", "ffhq64", "afhqv2-64"]
+
+
+@pytest.mark.parametrize("mutate,expect", [
+    (lambda e: e["data"].update(resolution=0), ["data.resolution", "minimum"]),
+    (lambda e: e["data"].pop("classes"), ["data", "'classes' is a required"]),
+    (lambda e: e["data"].update(channels=2), ["data.channels", "enum"]),
+    (lambda e: e["evaluate"].update(kid_subset=100), ["evaluate.kid_subset", "classifier extractor only"]),
+    (lambda e: e["evaluate"]["extractor"].update(reference=""), ["evaluate.extractor.reference", "non-empty"]),
+    (lambda e: e["evaluate"].update(extractor={"kind": "classifier"}, kid_subset=100, prc_neighborhood=3),
+     ["'classifier' is a required"]),
+    (lambda e: e.update(classifier=shipped()["digits"]["classifier"]),
+     ["classifier", "only with evaluate.extractor.kind classifier"]),
+    (lambda e: e["kdm"].update(latent_dim=8192), ["kdm.latent_dim", "exceeds"]),
+])
+def test_image_data_by_path_is_checked(mutate, expect):
+    p = shipped()
+    mutate(p["ffhq64"])
+    message = _error(p)
+    for fragment in expect:
+        assert fragment in message, message
+
+
+def test_an_image_folder_cannot_use_the_digit_classifier():
+    p = shipped()
+    p["cifar10-cond"]["evaluate"].update(extractor={"kind": "classifier"}, kid_subset=100, prc_neighborhood=3)
+    p["cifar10-cond"]["classifier"] = copy.deepcopy(p["digits"]["classifier"])
+    assert "cifar10-cond.evaluate.extractor.kind: classifier is trained on the digits" in _error(p)
+
+
+def test_presets_have_the_papers_settings():
+    p = config.load(ROOT / "params.yaml")
+    assert not set(PRESETS) & set(p["experiments"]), "presets do not run by default"
+    for name in PRESETS:
+        e = p[name]
+        assert e["teacher"]["source"] == "edm-pickle" and e["teacher"]["path"].endswith(
+            ("-cond-vp.pkl" if name == "cifar10-cond" else "-uncond-vp.pkl"))
+        assert e["sampler"]["steps"] == (18 if "cifar" in name else 40)
+        assert e["pairs"]["count"] == (250000 if "afhq" in name else 1000000) and e["pairs"]["seed_start"] == 0
+        for model in ("kdm", "kd"):
+            s = e[model]
+            assert s["net"] == {"kind": "songunet", "model_channels": 64, "channel_mult": [1, 2, 2, 2], "num_blocks": 4,
+                                "attn_resolutions": [16], "dropout": 0.1}
+            assert s["rec_loss"]["kind"] == "lpips"
+            assert (s["lr"], s["lr_schedule"], s["batch"], s["iterations"], s["ema"]) == \
+                (3e-4, "constant", 128, 800000, 0.9999)
+        assert e["kdm"]["latent_dim"] == (1024 if "cifar" in name else 512) and e["kdm"]["loss_weights"]["adv"] == 0.01
+        assert e["evaluate"]["samples"] == 50000 and e["evaluate"]["extractor"]["kind"] == "inception-v3-compat"
+    assert p["cifar10-cond"]["data"]["classes"] == 10 and p["cifar10-uncond"]["data"]["classes"] == 0

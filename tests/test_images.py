@@ -160,21 +160,12 @@ def test_inception_extractor_needs_local_weights(tmp_path):
     assert x.dtype == torch.uint8 and x.shape == (1, 3, 1, 3) and x[0, 2].tolist() == [[0, 128, 255]]
 
 
-def test_inception_path_reads_local_weights(tmp_path, monkeypatch):
-    """The standard extractor through our path: a local weights file, uint8 RGB conversion and
-    torch-fidelity's resize to 299. The real weights cannot be fetched offline, so the file holds random
-    weights of the same network: the numbers are meaningless, the path is the real one."""
+def test_inception_path_reads_local_weights(inception_weights):
+    """The standard extractor through our path: a local weights file (random weights, conftest), uint8 RGB
+    conversion and torch-fidelity's resize to 299."""
     import math
-    import torch_fidelity.feature_extractor_inceptionv3 as inception
     from kdm.fidelity import fidelity_metrics, resolve_extractor
-    with monkeypatch.context() as m:      # build the network once without any weights to save its shape
-        m.setattr(inception, "load_state_dict_from_url", lambda *a, **k: None)
-        m.setattr(inception.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None)
-        torch.manual_seed(0)
-        net = inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    weights = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
-    torch.save(net.state_dict(), weights)
-    name, path = resolve_extractor({"kind": "inception-v3-compat", "weights": str(weights)}, classifier_pt=None)
+    name, path = resolve_extractor({"kind": "inception-v3-compat", "weights": inception_weights}, classifier_pt=None)
     x = Digits(conditional=False).x
     metrics = fidelity_metrics(x[:40], x[40:80], name, path, kid_subset=20)
     assert set(metrics) == {"fid", "kid", "precision", "recall"} and all(math.isfinite(v) for v in metrics.values())

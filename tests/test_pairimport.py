@@ -190,7 +190,7 @@ def test_get_corrupt_and_foreign_files(tmp_path):
     with pytest.raises(PairSetError, match=r"000000119.pkl: images has dtype uint8; expected the sampler's floats"):
         run_get(tmp_path)
     torch.save(80 * torch.randn(20, *SHAPE), src / "latent" / "000000119.pkl")
-    with pytest.raises(PairSetError, match=r"latent/000000119.pkl: noise std 8[0-9.]*; expected unit-variance eps"):
+    with pytest.raises(PairSetError, match=r"latent/000000119.pkl: noise std [0-9.]+; expected unit-variance eps"):
         run_get(tmp_path)
     (src / "latent" / "notes.txt").write_text("hi")
     with pytest.raises(PairSetError, match=r"latent: unexpected files \['notes.txt'\]"):

@@ -3,9 +3,10 @@
 The teacher is evaluated first (the quality limit): its samples are kept as a pair set so that every
 student is evaluated on exactly the same noise (and requested labels) and drawn beside the teacher.
 Quality is in-support precision, mode coverage and sliced W2 for 2-D data; FID, KID, precision and
-recall through torch-fidelity for images, plus class_acc for conditional models. For images the
-evaluator's own floor is measured too (`data`): FID of resampled real images against the real set,
-and of two disjoint halves of it.
+recall through torch-fidelity for images with the experiment's classifier as the feature extractor, plus
+class_acc for conditional models; with Inception, FID against the reference statistics (EDM's protocol).
+With the classifier the evaluator's own floor is measured too (`data`): FID of resampled real images
+against the real set, and of two disjoint halves of it.
 """
 from __future__ import annotations
 
@@ -30,17 +31,26 @@ class Quality:
 
     def __init__(self, stage, data, ev: dict):
         self.data, self.ev = data, ev
-        if data.images:
-            from kdm.fidelity import resolve_extractor
+        self.classifier = self.reference = None
+        if not data.images:
+            return
+        from kdm.fidelity import resolve_extractor
+        if ev["extractor"]["kind"] == "classifier":
             classifier_pt, classifier_metrics = stage.deps[-2:]
             self.classifier = load_model(classifier_pt)
             self.extractor, self.weights = resolve_extractor(ev["extractor"], classifier_pt)
             self.heldout_accuracy = read_json(classifier_metrics)["heldout_accuracy"]
-            self.described = self.extractor if self.weights else \
-                f"{self.extractor} (held-out acc {self.heldout_accuracy:.3f})"
+            self.described = f"{self.extractor} (held-out acc {self.heldout_accuracy:.3f})"
+        else:
+            from kdm.frechet import load_statistics
+            self.extractor, self.weights = resolve_extractor(ev["extractor"], None)
+            self.reference = load_statistics(stage.deps[-1], "the reference stage's output")
+            self.described = f"{self.extractor} (FID against reference statistics)"
 
     def __call__(self, x0: torch.Tensor, labels: torch.Tensor | None) -> dict:
-        return self.images(x0, labels, self.data.x) if self.data.images else self.points(x0)
+        if not self.data.images:
+            return self.points(x0)
+        return self.frechet(x0) if self.classifier is None else self.images(x0, labels, self.data.x)
 
     def points(self, x0) -> dict:
         gen = torch.Generator().manual_seed(self.ev["metric_seed"])
@@ -57,6 +67,11 @@ class Quality:
         if labels is not None:
             out["class_acc"] = accuracy(self.classifier, x0, labels)
         return {**out, "extractor": self.described}
+
+    def frechet(self, x0) -> dict:
+        from kdm.frechet import fid, inception_features, statistics
+        features = inception_features(x0, self.weights, self.ev["batch"])
+        return {"fid": fid(statistics(features), self.reference), "extractor": self.described}
 
     def draw(self, x0: np.ndarray, labels, path, title: str) -> None:
         if self.data.images:

@@ -1,5 +1,5 @@
-# The evaluator (image experiments: a classifier trained on the real images, and the evaluator's floor
-# on real data) and the evaluations. Evaluations take every core so that speed measurements run alone.
+# The evaluator (image experiments: a classifier trained on the real images and the evaluator's floor
+# on real data, or the real images' Inception statistics) and the evaluations. Evaluations take every core so that speed measurements run alone.
 
 
 rule classifier:
@@ -12,6 +12,18 @@ rule classifier:
     threads: TRAIN_THREADS
     shell:
         dag.classifier("{wildcards.exp}").cmd
+
+
+rule reference:
+    output:
+        files(dag.reference("{exp}").outputs),
+    params:
+        declared=declared_params(lambda wc: dag.reference(wc.exp)),
+    log:
+        dag.reference("{exp}").log,
+    threads: workflow.cores
+    shell:
+        dag.reference("{wildcards.exp}").cmd
 
 
 rule evaluate_data:

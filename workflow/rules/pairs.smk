@@ -12,7 +12,7 @@ rule pairs:
 
 
 def store_stage(wc):
-    return dag.store(wc.exp, config[wc.exp]["pairs"]["shards"])
+    return dag.store(wc.exp, dag.shard_count(config, wc.exp))
 
 
 rule store:

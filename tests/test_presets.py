@@ -1,0 +1,57 @@
+"""The paper-scale presets of params.yaml: their DAG under both tools on a machine without their files, and the
+messages their stages give when a file is missing."""
+import re
+import sys
+
+import pytest
+import yaml
+
+from kdm import config, dag
+
+from conftest import shipped
+from workspace import Workspace, dvc_jobs, snakemake_jobs
+
+PRESETS = ["cifar10-uncond", "cifar10-cond", "ffhq64", "afhqv2-64"]
+
+
+def preset(name: str, **paths) -> dict:
+    """Params that run the preset `name` alone (its sections unshared from the other presets'), with `paths`
+    ('section.key': value) replaced."""
+    exp = shipped()[name]
+    for dotted, value in paths.items():
+        *parents, key = dotted.split(".")
+        config.section(exp, ".".join(parents))[key] = value
+    return {"experiments": [name], name: exp}
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_dry_runs_list_every_stage_under_both_tools(tmp_path, name):
+    params = preset(name)
+    ws = Workspace(tmp_path, params)
+    smk = snakemake_jobs(ws.snakemake("--forceall", "-n", "-p").stdout)
+    assert smk == dvc_jobs(yaml.safe_load((tmp_path / "dvc.yaml").read_text()))
+    commands = sorted(cmd.removeprefix("python -m kdm ") for cmd, _, _ in smk)
+    shards = params[name]["pairs"]["shards"]
+    assert commands == sorted([f"reference {name}", f"teacher {name}", f"store {name}", "table",
+                               f"train {name} kdm 0", f"train {name} kd 0", f"evaluate {name} teacher",
+                               f"evaluate {name} kdm 0", f"evaluate {name} kd 0"]
+                              + [f"pairs {name} {i}" for i in range(shards)])
+    (evaluate_kdm,) = [inputs for cmd, inputs, _ in smk if cmd.endswith(f"evaluate {name} kdm 0")]
+    assert dag.reference_stats(name) in evaluate_kdm
+
+
+def kdm_cli(ws, *args):
+    r = ws.run(sys.executable, "-m", "kdm", *args, check=False)
+    return r.returncode, r.stdout + r.stderr
+
+
+def test_missing_teacher_and_data_are_named_when_their_stage_runs(tmp_path):
+    ws = Workspace(tmp_path, preset("cifar10-uncond", **{"teacher.path": str(tmp_path / "edm.pkl"),
+                                                         "data.path": str(tmp_path / "cifar10-32x32.zip")}))
+    rc, out = kdm_cli(ws, "teacher", "cifar10-uncond")
+    assert rc == 1 and re.search(r"teacher.path: .*edm.pkl does not exist; expected an EDM network pickle", out), out
+    rc, out = kdm_cli(ws, "reference", "cifar10-uncond")
+    assert rc == 1 and re.search(r"data.path: .*cifar10-32x32.zip does not exist; expected a folder or .zip", out), out
+    assert not (tmp_path / "results").exists() or not any(p.is_file() for p in (tmp_path / "results").rglob("*"))
+    rc, out = kdm_cli(ws, "classifier", "cifar10-uncond")
+    assert rc == 2 and "evaluate.extractor.kind 'inception-v3-compat'" in out
