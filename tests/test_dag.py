@@ -16,10 +16,13 @@ def test_committed_dvc_yaml_is_current():
     assert out.returncode == 0, out.stderr
 
 
-@pytest.mark.parametrize("which", ["shipped", "tiny"])
+@pytest.mark.parametrize("which", ["shipped", "tiny", "tiny-2-gpus"])
 def test_snakemake_and_dvc_run_the_same_jobs(tmp_path, params, which):
     if which == "shipped":
         params = config.load(ROOT / "params.yaml")
+    if which == "tiny-2-gpus":      # training stages start under torchrun
+        for section in ("teacher", "kdm"):
+            params["checkerboard"][section]["gpus"] = 2
     ws = Workspace(tmp_path, params)
     benchmark = ["benchmark"] if "benchmark" in params else []      # shipped: the benchmark too, from its own file
     smk = snakemake_jobs(ws.snakemake("--forceall", "-n", "-p", "all", *benchmark).stdout)
@@ -28,6 +31,8 @@ def test_snakemake_and_dvc_run_the_same_jobs(tmp_path, params, which):
         dvc |= dvc_jobs(yaml.safe_load((tmp_path / path).read_text()))
     assert smk == dvc, f"only Snakemake: {smk - dvc}\nonly DVC: {dvc - smk}"
     assert len(dvc) == len(dag.stages(params)) + len(benchmark)
+    torchrun = {cmd.split(" -m kdm ")[1] for cmd, _, _ in dvc if cmd.startswith("torchrun --standalone --nproc_per_node 2 ")}
+    assert torchrun == ({"teacher checkerboard", "train checkerboard kdm 0"} if which == "tiny-2-gpus" else set())
 
 
 def test_each_stage_declares_only_its_own_sections(params):
