@@ -219,11 +219,12 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
     gen = torch.Generator().manual_seed(batch_seed)
     # a CPU checkpoint never resumes on a GPU, nor the reverse; nor one of another number of ranks
     run_id = f"{run_id}/{on.type}/ranks={world}"
+    own_group = world > 1 and not dist.is_initialized()
+    if own_group:
+        if on.type == "cuda":
+            torch.cuda.set_device(on)
+        dist.init_process_group("nccl" if on.type == "cuda" else "gloo")
     if world > 1:
-        if not dist.is_initialized():
-            if on.type == "cuda":
-                torch.cuda.set_device(on)
-            dist.init_process_group("nccl" if on.type == "cuda" else "gloo")
         torch.manual_seed(global_seed)          # ranks draw different dropout masks
     bf16, channels_last = optim.get("precision", "fp32") == "bf16", optim.get("channels_last", False)
     model.to(on)
@@ -307,7 +308,7 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
                     torch.save({"run_id": run_id, "iteration": it + 1, "model": model.state_dict(),
                                 "ema": ema.module.state_dict(), "opt": opt.state_dict(), "rng": rngs, "rows": rows,
                                 "companions": {k: c.state_dict() for k, c in (companions or {}).items()}}, tmp)
-    if world > 1:
+    if own_group:
         dist.destroy_process_group()
     return ema.module.to("cpu", memory_format=torch.contiguous_format), rows
 

@@ -12,6 +12,7 @@ import torch
 
 from kdm.training import load_model
 
+import ddp_adversary
 from conftest import ROOT, tiny_params
 from workspace import Workspace
 
@@ -23,19 +24,18 @@ TORCHRUN = ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "kdm", "t
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    """The pipeline up to the store, the kdm student on 2 processes (long enough to be killed half-way)."""
+    """The pipeline up to the kdm student, trained by Snakemake on 2 processes (long enough to be killed half-way)."""
     p = tiny_params()
     p["checkerboard"]["kdm"].update(gpus=2, iterations=400, checkpoint_every=20, log_every=50)
     ws = Workspace(tmp_path_factory.mktemp("ddp"), p)
-    ws.snakemake("results/checkerboard/store")
+    ws.snakemake(f"{RUN}/model.pt")
     return ws
 
 
 def test_two_processes_train_once_and_rerun_is_a_no_op(ws):
-    assert "torchrun --standalone --nproc_per_node 2 -m kdm train checkerboard kdm 0" in (ws.path / "dvc.yaml").read_text()
-    ws.snakemake(f"{RUN}/model.pt")
+    assert " ".join(TORCHRUN) in (ws.path / "dvc.yaml").read_text()
     files = sorted(p.name for p in (ws.path / RUN).iterdir())
-    assert files == ["config.json", "loss.png", "model.pt", "spectrum.png", "train.csv"], files    # one set, no leftovers
+    assert files == ["config.json", "loss.png", "model.pt", "spectrum.png", "train.csv"], files    # no leftovers
     model = load_model(ws.path / RUN / "model.pt", to="cpu")
     assert model(torch.zeros(3, 2)).shape == (3, 2)
     log = (ws.path / "logs/checkerboard/train-kdm-s0.log").read_text()
@@ -92,3 +92,17 @@ def test_batch_must_divide_over_the_processes(ws, tmp_path):
                        timeout=300)
     assert r.returncode != 0
     assert "kdm.batch: 64 is not divisible by the 3 training processes" in r.stderr, r.stderr[-3000:]
+
+
+def test_ranks_keep_the_same_model_and_discriminator(tmp_path):
+    """DDP for the student, averaged gradients for the adversary's discriminator, under bf16 and channels-last."""
+    r = subprocess.run([*TORCHRUN[:4], str(ROOT / "tests/ddp_adversary.py"), str(tmp_path)], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    a, b = (torch.load(tmp_path / f"rank{i}.pt", weights_only=True) for i in (0, 1))
+    assert a["rows"] == b["rows"]
+    for part in ("model", "ema", "disc"):
+        assert a[part].keys() == b[part].keys()
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    start = ddp_adversary.student().state_dict()
+    assert not all(torch.equal(v, a["model"][k]) for k, v in start.items())     # it did train
