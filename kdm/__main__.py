@@ -77,7 +77,7 @@ def resolve_stage(params: dict, a) -> dag.Stage:
         return dag.benchmark(params)
     _check_experiment(params, a.exp, a.params)
     if a.command == "teacher":
-        return dag.teacher(a.exp)
+        return dag.teacher(a.exp, dag.gpus(params, a.exp, "teacher"))
     if a.command == "classifier" or (a.command == "evaluate" and a.model == "data"):
         if not dag.has_classifier(params, a.exp):
             raise config.ParamsError(f"{a.command} {a.exp}: only image experiments evaluated with their classifier "
@@ -110,7 +110,7 @@ def resolve_stage(params: dict, a) -> dag.Stage:
     if a.seed not in params[a.exp]["train_seeds"]:
         raise config.ParamsError(f"seed {a.seed}: not in {a.exp}.train_seeds = {params[a.exp]['train_seeds']}")
     if a.command == "train":
-        return dag.train(a.exp, a.model, a.seed)
+        return dag.train(a.exp, a.model, a.seed, dag.gpus(params, a.exp, a.model))
     return dag.evaluate_student(params, a.exp, a.model, a.seed)
 
 

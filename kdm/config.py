@@ -84,6 +84,11 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
         if kdm["operator"]["kind"] == "decomposed" and kdm["latent_dim"] % 2:
             raise ParamsError(f"{source}: {name}.kdm.latent_dim: {kdm['latent_dim']} is odd; a decomposed "
                               "operator pairs the latent's halves as real and imaginary parts, expected an even number")
+        for key in ("teacher", "kdm", "kd"):        # torchrun splits the global batch evenly over the processes
+            gpus = exp[key].get("gpus", 1)
+            if exp[key].get("batch", 0) % gpus:     # (a loaded teacher has neither)
+                raise ParamsError(f"{source}: {name}.{key}.gpus: {gpus} does not divide {name}.{key}.batch = "
+                                  f"{exp[key]['batch']}; expected a divisor (batch is the global batch)")
         _check_networks(source, name, exp)
         sampler = exp["sampler"]
         if sampler["sigma_min"] >= sampler["sigma_max"]:

@@ -112,8 +112,18 @@ def evaluator_deps(params, exp) -> tuple[str, ...]:
     return files["outs"][:1] + files["metrics"]
 
 
-def teacher(exp):
-    return Stage(name=f"{exp}-teacher", cmd=f"python -m kdm teacher {exp}", deps=(),
+def gpus(params, exp, section) -> int:
+    """The GPUs (training processes) of a training stage: `<exp>.<section>.gpus`, default 1."""
+    return params[exp][section].get("gpus", 1)
+
+
+def launch(gpus: int) -> str:
+    """How a training stage starts: one process, or torchrun with one process per GPU (DDP, kdm.training)."""
+    return "python -m kdm" if gpus == 1 else f"torchrun --standalone --nproc_per_node {gpus} -m kdm"
+
+
+def teacher(exp, gpus=1):
+    return Stage(name=f"{exp}-teacher", cmd=f"{launch(gpus)} teacher {exp}", deps=(),
                  params=(f"{exp}.data", f"{exp}.teacher"), log=f"logs/{exp}/teacher.log",
                  args=dict(exp=exp), **model_files(exp, "teacher"))
 
@@ -144,12 +154,12 @@ def store(exp, shards):
                  params=(f"{exp}.sampler", f"{exp}.pairs"), log=f"logs/{exp}/store.log", args=dict(exp=exp))
 
 
-def train(exp, model, seed):
+def train(exp, model, seed, gpus=1):
     run = student_run(model, seed)
     files = model_files(exp, run)
     if model == "kdm":      # every KDM run also draws the spectrum of its operator
         files["plots"] += (f"{_run_dir(exp, run)}/spectrum.png",)
-    return Stage(name=f"{exp}-train-{run}", cmd=f"python -m kdm train {exp} {model} {seed}",
+    return Stage(name=f"{exp}-train-{run}", cmd=f"{launch(gpus)} train {exp} {model} {seed}",
                  deps=(store_dir(exp),), params=(f"{exp}.{model}",), log=f"logs/{exp}/train-{run}.log",
                  args=dict(exp=exp, model=model, seed=seed), **files)
 
@@ -229,10 +239,10 @@ def stages(params) -> list[Stage]:
             out.append(classifier(exp))
         elif images(params, exp):
             out.append(reference(exp))
-        out.append(teacher(exp))
+        out.append(teacher(exp, gpus(params, exp, "teacher")))
         out += [pairs(exp, i) for i in range(shard_count(params, exp))]
         out.append(store(exp, shard_count(params, exp)))
-        out += [train(exp, m, s) for m in STUDENTS for s in params[exp]["train_seeds"]]
+        out += [train(exp, m, s, gpus(params, exp, m)) for m in STUDENTS for s in params[exp]["train_seeds"]]
         out += list(evaluations(params, exp))
     out.append(table(params))
     return out

@@ -103,8 +103,9 @@ def setup_logging(log_path: str | Path | None) -> None:
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_path, mode="a"))
+    rank = f" rank {os.environ['RANK']}" if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""    # torchrun's processes
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=f"%(asctime)s{rank} %(levelname)s %(name)s: %(message)s")
 
 
 def code_revision() -> str | None:

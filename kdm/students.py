@@ -168,19 +168,23 @@ class Adversary:
         from kdm.training import adam       # (kdm.training builds students: imported here, not at the top)
         self.opt = adam(self.disc.parameters(), lr, betas)
 
-    def to(self, device):
-        self.disc.to(device)
+    def to(self, *args, **kwargs):
+        """Like Module.to: a device, or memory_format=torch.channels_last."""
+        self.disc.to(*args, **kwargs)
         return self
 
     def losses(self, real, fake) -> dict:
+        from kdm.training import average_gradients
         bce = F.binary_cross_entropy_with_logits
         d_real, d_fake = self.disc(real), self.disc(fake.detach())
         d_loss = bce(d_real, torch.ones_like(d_real)) + bce(d_fake, torch.zeros_like(d_fake))
         self.opt.zero_grad(set_to_none=True)
-        d_loss.backward()
-        for p in self.disc.parameters():
-            torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
-        self.opt.step()
+        with torch.autocast(real.device.type, enabled=False):      # backward and step outside bf16 autocast
+            d_loss.backward()
+            average_gradients(self.disc.parameters())               # ranks keep the same discriminator
+            for p in self.disc.parameters():
+                torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
+            self.opt.step()
         self.disc.requires_grad_(False)         # the student's term: gradients for the student only
         g = self.disc(fake)
         self.disc.requires_grad_(True)

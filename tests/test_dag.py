@@ -1,4 +1,5 @@
 """One DAG, two drivers: the Snakefile and dvc.yaml must describe the same jobs."""
+import re
 import subprocess
 import sys
 
@@ -16,18 +17,33 @@ def test_committed_dvc_yaml_is_current():
     assert out.returncode == 0, out.stderr
 
 
-@pytest.mark.parametrize("which", ["shipped", "tiny"])
+@pytest.mark.parametrize("which", ["shipped", "tiny", "tiny-2-gpus"])
 def test_snakemake_and_dvc_run_the_same_jobs(tmp_path, params, which):
     if which == "shipped":
         params = config.load(ROOT / "params.yaml")
+    if which == "tiny-2-gpus":      # training stages start under torchrun
+        for section in ("teacher", "kdm"):
+            params["checkerboard"][section]["gpus"] = 2
     ws = Workspace(tmp_path, params)
     benchmark = ["benchmark"] if "benchmark" in params else []      # shipped: the benchmark too, from its own file
-    smk = snakemake_jobs(ws.snakemake("--forceall", "-n", "-p", "all", *benchmark).stdout)
+    dry_run = ws.snakemake("--forceall", "-n", "-p", "all", *benchmark).stdout
+    smk = snakemake_jobs(dry_run)
     dvc = set()
     for path in ["dvc.yaml"] + [dag.BENCHMARK_DVC] * bool(benchmark):
         dvc |= dvc_jobs(yaml.safe_load((tmp_path / path).read_text()))
     assert smk == dvc, f"only Snakemake: {smk - dvc}\nonly DVC: {dvc - smk}"
     assert len(dvc) == len(dag.stages(params)) + len(benchmark)
+    launcher = "torchrun --standalone --nproc_per_node 2 -m kdm "
+    torchrun = {cmd.removeprefix(launcher) for cmd, _, _ in dvc if cmd.startswith(launcher)}
+    assert torchrun == ({"teacher checkerboard", "train checkerboard kdm 0"} if which == "tiny-2-gpus" else set())
+    # every GPU job asks for its GPUs (SLURM: sbatch --gpus), a torchrun job for all of them
+    gpus = {}
+    for job in re.split(r"\n(?=(?:local)?rule \w+:)", dry_run):
+        cmd, gpu = re.search(r"^Shell command: (.+)$", job, re.M), re.search(r"^\s+resources: .*\bgpu=(\d+)", job, re.M)
+        if cmd and gpu:
+            gpus[cmd.group(1).strip()] = int(gpu.group(1))
+    assert {cmd.split(" kdm ")[1].split()[0] for cmd in gpus} == {"teacher", "pairs", "train"}
+    assert all(n == (2 if cmd.startswith(launcher) else 1) for cmd, n in gpus.items()), gpus
 
 
 def test_each_stage_declares_only_its_own_sections(params):

@@ -15,7 +15,7 @@ from workspace import Workspace
 
 pytestmark = pytest.mark.e2e
 
-GPU_RULES = {"teacher", "pairs", "train_kdm", "train_kd"}     # the profile's gpu=1 rules in this DAG
+GPU_RULES = {"teacher", "pairs", "train_kdm", "train_kd"}     # rules that ask for a GPU (gpus: 1 by default)
 RULES = GPU_RULES | {"store", "evaluate_teacher", "evaluate_student", "table"}
 
 

@@ -9,7 +9,7 @@ from kdm import plots
 from kdm.io import fingerprint
 from kdm.pairset import open_pairset
 from kdm.students import Adversary, rec_loss
-from kdm.training import build, device, train_loop, write_run
+from kdm.training import build, device, rank_batch, ranks, train_loop, write_run
 
 
 def student_kwargs(model: str, p: dict, data_shape, x_T_scale: float, label_dim: int) -> dict:
@@ -30,6 +30,7 @@ def setup(model: str, p: dict, store, seed: int, on):
     kwargs = student_kwargs(model, p, shape, store.meta["sampler"]["sigma_max"], store.meta["teacher"]["label_dim"])
     net = build(model, kwargs, seed=seed)
     rec = rec_loss(p["rec_loss"])
+    batch = rank_batch(p["batch"], f"{model}.batch")     # this process's share (torchrun: of WORLD_SIZE)
     extra, companions = {}, {}
     if model == "kdm":
         extra["latent_noise"] = p["latent_noise"]
@@ -38,7 +39,7 @@ def setup(model: str, p: dict, store, seed: int, on):
                 shape[0], shape[-1], p["adversary"]["widths"], p["lr"], p["betas"], seed=seed + 1)
 
     def batch_losses(gen):
-        idx = batch_indices(len(store), p["batch"], gen)
+        idx = batch_indices(len(store), batch, gen)
         x0, xT = torch.from_numpy(x0_all[idx]).to(on), torch.from_numpy(xT_all[idx]).to(on)
         labels = None if labels_all is None else torch.from_numpy(labels_all[idx]).to(on)
         return net.losses(x0, xT, gen, rec=rec, labels=labels, **extra)
@@ -61,6 +62,8 @@ def run(stage, P):
     ema, rows = train_loop(net, batch_losses, p.get("loss_weights", {}), p, seed=seed,
                            grad_clip=p["grad_clip"], desc=stage.name, checkpoint=stage.scratch_path,
                            run_id=fingerprint(P, seed, store.manifest["arrays"]), companions=companions, on=on)
+    if ranks()[0]:
+        return                  # rank 0 writes every output
     if model == "kdm":
         plots.spectrum(ema.C.matrix().detach(), stage.plots[2], title=f"{stage.name}: eigenvalues of C")
     write_run(stage, model, kwargs, ema, store["x0"].shape[1:], rows,

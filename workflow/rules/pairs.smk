@@ -7,6 +7,8 @@ rule pairs:
         declared=declared_params(lambda wc: dag.pairs(wc.exp, wc.shard)),
     log:
         dag.pairs("{exp}", "{shard}").log,
+    resources:
+        gpu=1,                                      # each shard samples on its own GPU (kdm.training.device)
     shell:
         dag.pairs("{wildcards.exp}", "{wildcards.shard}").cmd
 

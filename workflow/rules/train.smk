@@ -1,5 +1,13 @@
 def train_stage(model):
-    return lambda wc: dag.train(wc.exp, model, wc.seed)
+    return lambda wc: dag.train(wc.exp, model, wc.seed, dag.gpus(config, wc.exp, model))
+
+
+def train_cmd(model):
+    return lambda wc: train_stage(model)(wc).cmd
+
+
+def train_gpus(model):
+    return lambda wc: dag.gpus(config, wc.exp, model)
 
 
 # One rule per student kind: their outputs differ (a KDM run also draws its operator's spectrum).
@@ -14,10 +22,13 @@ for model in dag.STUDENTS:
             files(dag.train("{exp}", model, "{seed}").outputs),
         params:
             declared=declared_params(train_stage(model)),
-            # bound here: a shell directive in a loop sees the loop variable's last value when it runs
-            cmd=dag.train("{exp}", model, "{seed}").cmd,
+            # functions bound here: a shell directive in a loop sees the loop variable's last value when it runs
+            cmd=train_cmd(model),                   # torchrun when it trains on several GPUs
         log:
             dag.train("{exp}", model, "{seed}").log,
         threads: TRAIN_THREADS
+        resources:
+            gpu=train_gpus(model),
+            nodes=1,                                # torchrun --standalone: all of a job's GPUs on one node
         shell:
             "{params.cmd}"
