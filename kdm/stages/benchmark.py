@@ -241,7 +241,7 @@ TITLES = {
 def markdown(table: pd.DataFrame, machine: str) -> str:
     parts = [f"# Benchmarks\n\n{machine}\n"]
     for section, cols in COLUMNS.items():
-        part = table[table["section"] == section][cols]
+        part = table[table["section"] == section][cols].convert_dtypes()     # counts print as integers
         if len(part):
             parts.append(f"## {TITLES[section]}\n\n" + part.to_markdown(index=False, floatfmt=".4g") + "\n")
     return "\n".join(parts)

@@ -1,4 +1,5 @@
 rule pairs:
+    priority: PRIORITY["pairs"]
     input:
         inputs(lambda wc: dag.pairs(wc.exp, wc.shard)),
     output:
@@ -18,6 +19,7 @@ def store_stage(wc):
 
 
 rule store:
+    priority: PRIORITY["store"]
     input:
         inputs(store_stage),
     output:

@@ -3,6 +3,7 @@ def teacher_stage(wc):
 
 
 rule teacher:
+    priority: PRIORITY["teacher"]
     output:
         files(dag.teacher("{exp}").outputs),
     params:

@@ -27,6 +27,7 @@ for model in dag.STUDENTS:
         log:
             dag.train("{exp}", model, "{seed}").log,
         threads: TRAIN_THREADS
+        priority: PRIORITY[f"train_{model}"]
         resources:
             gpu=train_gpus(model),
             nodes=1,                                # torchrun --standalone: all of a job's GPUs on one node
