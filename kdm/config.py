@@ -123,6 +123,10 @@ def _check_benchmark(source: str, params: dict) -> None:
     if exp in RESERVED or exp not in params:
         raise ParamsError(f"{source}: benchmark.overhead.experiment: {exp!r} is not an experiment section; "
                           f"expected one of {sorted(k for k in params if k not in RESERVED)}")
+    if params[exp]["data"]["kind"] not in ("checkerboard", "digits"):     # kdm.smoke shrinks only these
+        raise ParamsError(f"{source}: benchmark.overhead.experiment: {exp!r} has data.kind "
+                          f"{params[exp]['data']['kind']!r}; a tiny copy of it is run, so expected an embedded "
+                          "experiment (checkerboard or digits data)")
     for shards in b["pairs"]["shards"]:
         if b["pairs"]["count"] % shards:
             raise ParamsError(f"{source}: benchmark.pairs.shards: {shards} does not divide benchmark.pairs.count "

@@ -66,14 +66,15 @@ def test_invalid_params_name_the_key(params, mutate, expect):
 @pytest.mark.parametrize("mutate,expect", [
     (lambda b: b["overhead"].update(experiment="nope"), ["benchmark.overhead.experiment", "'nope'", "checkerboard"]),
     (lambda b: b["overhead"].update(experiment="benchmark"), ["benchmark.overhead.experiment"]),
+    (lambda b: b["overhead"].update(experiment="cifar10-uncond"), ["benchmark.overhead.experiment", "embedded"]),
     (lambda b: b["pairs"].update(shards=[1, 3]), ["benchmark.pairs.shards", "3 does not divide"]),
     (lambda b: b["sampling"].update(batches=[]), ["benchmark.sampling.batches", "minItems"]),
     (lambda b: b["memory"].update(scale=1), ["benchmark.memory.scale", "minimum"]),
     (lambda b: b.pop("training"), ["benchmark", "'training' is a required"]),
 ])
 def test_invalid_benchmark_params_name_the_key(params, mutate, expect):
-    p = copy.deepcopy(params)
-    p["benchmark"] = copy.deepcopy(config.load(ROOT / "params.yaml")["benchmark"])
+    p, shipped = copy.deepcopy(params), config.load(ROOT / "params.yaml")
+    p["benchmark"], p["cifar10-uncond"] = copy.deepcopy(shipped["benchmark"]), copy.deepcopy(shipped["cifar10-uncond"])
     config.validate(p, "p.yaml")
     mutate(p["benchmark"])
     message = _error(p)
