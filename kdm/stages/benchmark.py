@@ -93,8 +93,7 @@ def store_reads(store, batch: int, batches: int, seed: int) -> float:
     return batches * batch / (time.perf_counter() - t0)
 
 
-def training(exp: str, store_dir: str, configs: dict, seed: int, b: dict) -> list[dict]:
-    store = open_pairset(store_dir)
+def training(exp: str, store, configs: dict, seed: int, b: dict) -> list[dict]:
     rows = []
     for model, config_json in configs.items():
         p = read_json(config_json)["params"][model]
@@ -137,14 +136,13 @@ def _scaled_store(store, path: Path, scale: int) -> None:
     write_pairset(path, arrays, store.meta)
 
 
-def memory(exp: str, store_dir: str, config_json: str, seed: int, b: dict, scratch: Path) -> list[dict]:
+def memory(exp: str, store, config_json: str, seed: int, b: dict, scratch: Path) -> list[dict]:
     model = "kdm"
     p = read_json(config_json)["params"][model]
-    store = open_pairset(store_dir)
     big = scratch / f"store-{b['scale']}x"
     _scaled_store(store, big, b["scale"])
     rows = []
-    for scale, path in ((1, Path(store_dir)), (b["scale"], big)):
+    for scale, path in ((1, store.path), (b["scale"], big)):
         with _pool(1) as pool:
             got = pool.submit(_train_rss, str(path), model, p, seed, b["iterations"], 1).result()
         store_mb = sum(f.stat().st_size for f in path.glob("*.npy")) / 2 ** 20
@@ -252,19 +250,17 @@ def run(stage, P):
     rows = []
     with tempfile.TemporaryDirectory(prefix="kdm-benchmark-") as tmp:
         scratch = Path(tmp)
+        stores = {exp: open_pairset(dag.store_dir(exp)) for exp in exps}      # each checked once
         for exp, seed in exps.items():
-            store_dir = dag.store_dir(exp)
-            sampler = open_pairset(store_dir).meta["sampler"]
             runs = {m: dag.model_files(exp, dag.student_run(m, seed))["outs"] for m in dag.STUDENTS}
             rows += sampling(exp, {"teacher": dag.teacher_pt(exp)} | {m: o[0] for m, o in runs.items()},
-                             sampler, b["sampling"])
-            rows += training(exp, store_dir, {m: o[1] for m, o in runs.items()}, seed, b["training"])
+                             stores[exp].meta["sampler"], b["sampling"])
+            rows += training(exp, stores[exp], {m: o[1] for m, o in runs.items()}, seed, b["training"])
         if exps:            # memory and sharding: on the first image experiment
             exp, seed = next(iter(exps.items()))
             runs_kdm = dag.model_files(exp, dag.student_run("kdm", seed))["outs"]
-            rows += memory(exp, dag.store_dir(exp), runs_kdm[1], seed, b["memory"], scratch)
-            rows += pair_throughput(exp, dag.teacher_pt(exp), open_pairset(dag.store_dir(exp)).meta["sampler"],
-                                    b["pairs"])
+            rows += memory(exp, stores[exp], runs_kdm[1], seed, b["memory"], scratch)
+            rows += pair_throughput(exp, dag.teacher_pt(exp), stores[exp].meta["sampler"], b["pairs"])
         rows += overhead({b["overhead"]["experiment"]: P[b["overhead"]["experiment"]]}, b["overhead"], scratch)
     table = pd.DataFrame(rows)
     machine = (f"Measured on {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
