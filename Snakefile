@@ -1,11 +1,12 @@
-# The KDM pipeline for Snakemake: `snakemake --cores all`. Its stages are defined once in kdm/dag.py,
-# which also generates dvc.yaml, so both tools run the same commands on the same files.
+# The KDM pipeline for Snakemake: `snakemake --cores all`. The same stages run under DVC from dvc.yaml, which
+# kdm/dag.py generates; tests/test_dag.py and tests/test_rerun.py check that the two plan and re-run alike.
 from snakemake.utils import min_version
 
 min_version("8.0")
 
 
 include: "workflow/rules/common.smk"  # checks params.yaml, then loads it as the config
+include: "workflow/rules/evaluator.smk"
 include: "workflow/rules/teacher.smk"
 include: "workflow/rules/pairs.smk"
 include: "workflow/rules/train.smk"
@@ -15,6 +16,6 @@ include: "workflow/rules/benchmark.smk"
 
 
 rule all:
-    input:
-        dag.table(config).outs,
     default_target: True
+    input:
+        rules.table.output,

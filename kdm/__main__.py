@@ -28,6 +28,8 @@ import sys
 from pathlib import Path
 
 from kdm import config, dag
+from kdm.io import atomic_path, setup_logging
+from kdm.pairset import PairSetError, open_pairset
 
 log = logging.getLogger("kdm")
 
@@ -66,52 +68,38 @@ def _check_experiment(params: dict, exp: str, source: str) -> None:
         raise config.ParamsError(f"experiment {exp!r}: no such section in {source}; expected one of {known}")
 
 
+def stage_name(a) -> str:
+    """The name of the dag.Stage a command line runs."""
+    if a.command in ("table", "benchmark"):
+        return a.command
+    if a.command == "pairs":
+        return f"{a.exp}-pairs-{a.shard}"
+    if a.command in ("train", "evaluate") and a.seed is not None:
+        return f"{a.exp}-{a.command}-{dag.student_run(a.model, a.seed)}"
+    return f"{a.exp}-{a.command}" + (f"-{a.model}" if a.command == "evaluate" else "")
+
+
 def resolve_stage(params: dict, a) -> dag.Stage:
-    """The dag.Stage a command line names, after checking its arguments against params."""
-    if a.command == "table":
-        return dag.table(params)
+    """The dag.Stage a command line names, if params have it."""
     if a.command == "benchmark":
         if "benchmark" not in params:
             raise config.ParamsError(f"benchmark: {a.params} has no benchmark section; expected one as in the "
                                      "shipped params.yaml")
         return dag.benchmark(params)
+    if a.command == "table":
+        return dag.table(params)
     _check_experiment(params, a.exp, a.params)
-    if a.command == "teacher":
-        return dag.teacher(a.exp, dag.gpus(params, a.exp, "teacher"))
-    if a.command == "classifier" or (a.command == "evaluate" and a.model == "data"):
-        if not dag.has_classifier(params, a.exp):
-            raise config.ParamsError(f"{a.command} {a.exp}: only image experiments evaluated with their classifier "
-                                     f"have one and a real-data floor; {a.exp} has data.kind "
-                                     f"{params[a.exp]['data']['kind']!r}" + (f", evaluate.extractor.kind "
-                                     f"{params[a.exp]['evaluate']['extractor']['kind']!r}" if dag.images(params, a.exp) else ""))
-        if a.command == "classifier":
-            return dag.classifier(a.exp)
-    if a.command == "reference":
-        if not dag.images(params, a.exp) or dag.has_classifier(params, a.exp):
-            raise config.ParamsError(f"reference {a.exp}: only image experiments evaluated with Inception have "
-                                     f"reference statistics; expected {a.exp}.evaluate.extractor.kind inception-v3-compat")
-        return dag.reference(a.exp)
-    if a.command == "pairs":
-        if config.imported(params[a.exp]["pairs"]):
-            raise config.ParamsError(f"pairs {a.exp}: {a.exp}.pairs.source is import; the store stage imports the "
-                                     "pairs, there are no pair shards")
-        shards = dag.shard_count(params, a.exp)
-        if not 0 <= a.shard < shards:
-            raise config.ParamsError(f"shard {a.shard}: expected 0 <= shard < {a.exp}.pairs.shards = {shards}")
-        return dag.pairs(a.exp, a.shard)
-    if a.command == "store":
-        return dag.store(a.exp, dag.shard_count(params, a.exp))
-    if a.command == "evaluate" and a.model in ("data", "teacher"):
-        if a.seed is not None:
-            raise config.ParamsError(f"evaluate {a.exp} {a.model}: the {a.model} has no training seed, got {a.seed}")
-        return (dag.evaluate_data if a.model == "data" else dag.evaluate_teacher)(params, a.exp)
-    if a.seed is None:
-        raise config.ParamsError(f"{a.command} {a.exp} {a.model}: a training seed is required")
-    if a.seed not in params[a.exp]["train_seeds"]:
-        raise config.ParamsError(f"seed {a.seed}: not in {a.exp}.train_seeds = {params[a.exp]['train_seeds']}")
-    if a.command == "train":
-        return dag.train(a.exp, a.model, a.seed, dag.gpus(params, a.exp, a.model))
-    return dag.evaluate_student(params, a.exp, a.model, a.seed)
+    name = stage_name(a)
+    known = {s.name: s for s in dag.experiment_stages(params, a.exp)}
+    if name not in known:
+        e = params[a.exp]
+        decide = [f"data.kind {e['data']['kind']!r}", f"pairs.source {e['pairs'].get('source', 'teacher')!r}",
+                  f"pairs.shards {e['pairs'].get('shards', 0)}", f"train_seeds {e['train_seeds']}"]
+        if "extractor" in e["evaluate"]:
+            decide.insert(1, f"evaluate.extractor.kind {e['evaluate']['extractor']['kind']!r}")
+        raise config.ParamsError(f"{name}: {a.params} gives experiment {a.exp} no such stage ({a.exp} has "
+                                 f"{', '.join(decide)}); its stages are: {', '.join(known)}")
+    return known[name]
 
 
 def main(argv=None) -> int:
@@ -127,14 +115,12 @@ def main(argv=None) -> int:
     except config.ParamsError as e:
         print(f"kdm: error: {e}", file=sys.stderr)
         return 2
-    from kdm.io import setup_logging
     setup_logging(stage.log)
     log.info("stage %s: %s", stage.name, stage.cmd)
-    module = importlib.import_module(f"kdm.stages.{a.command}")
-    from kdm.training import NonFiniteLoss
+    module = importlib.import_module(f"kdm.stages.{a.command}")     # torch and the stage's code: only now
     try:
         module.run(stage, dag.stage_params(params, stage))
-    except (ValueError, OSError, NonFiniteLoss) as e:      # bad input or data: a message, not a traceback
+    except (ValueError, OSError) as e:      # bad input or data (kdm.training.NonFiniteLoss too): a message
         log.error("stage %s failed: %s", stage.name, e)
         return 1
     log.info("stage %s done", stage.name)
@@ -143,9 +129,8 @@ def main(argv=None) -> int:
 
 def _verify(params, exp) -> int:
     """Full check of every pair set the experiment has written so far."""
-    from kdm.pairset import PairSetError, open_pairset
     dirs = [d.rstrip("/") for d in [dag.shard_dir(exp, i) for i in range(dag.shard_count(params, exp))]
-            + [dag.store_dir(exp), dag.evaluate_teacher(params, exp).outs[0]]]
+            + [dag.store_dir(exp), dag.evaluate_teacher(params, exp).outs.samples]]
     failed = 0
     for d in dirs:
         if not Path(d).exists():
@@ -161,7 +146,6 @@ def _verify(params, exp) -> int:
 
 
 def _dvc_yaml(params, check: bool) -> int:
-    from kdm.io import atomic_path
     files = dag.dvc_files(params)
     if check:
         stale = [p for p, text in files.items() if not Path(p).is_file() or Path(p).read_text() != text]

@@ -1,4 +1,4 @@
-"""Files: atomic writes, hashing, logging, provenance."""
+"""Files: atomic writes, JSON, hashing, logging."""
 from __future__ import annotations
 
 import contextlib
@@ -6,9 +6,7 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -81,14 +79,6 @@ def read_json(path: str | Path):
         raise ValueError(f"{path}: not valid JSON ({e}); the file is corrupt, delete it and re-run") from None
 
 
-def fingerprint(*parts) -> str:
-    """A hash of everything a piece of resumable work depends on - `parts` plus the code revision and the
-    torch version: saved progress is reused only if it matches."""
-    import torch
-    parts = (*parts, code_revision(), torch.__version__)
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -106,28 +96,3 @@ def setup_logging(log_path: str | Path | None) -> None:
     rank = f" rank {os.environ['RANK']}" if int(os.environ.get("WORLD_SIZE", 1)) > 1 else ""    # torchrun's processes
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
                         format=f"%(asctime)s{rank} %(levelname)s %(name)s: %(message)s")
-
-
-def code_revision() -> str | None:
-    """The git commit of this code, with '+dirty' when tracked files differ from it; None outside git."""
-    def git(*args):
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=10)
-    try:
-        head = git("rev-parse", "--verify", "-q", "HEAD")
-        if head.returncode:
-            return None
-        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head.stdout.strip() + ("+dirty" if dirty else "")
-
-
-def provenance() -> dict:
-    """What produced a result: versions, host, device and code revision."""
-    import numpy
-    import torch
-
-    from kdm.training import device
-    return {"commit": code_revision(), "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": numpy.__version__, "host": platform.node(), "threads": torch.get_num_threads(),
-            "device": str(device())}

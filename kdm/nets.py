@@ -3,7 +3,7 @@
 Every network a student or teacher uses is built from a params `net` spec by `make_net`: kind `mlp`
 (flattened input, the authors' 2-D models), kind `unet` (kdm.unet.CompactUNet, for small images on a CPU
 budget) or kind `songunet` (EDM's DDPM++ SongUNet, the authors' image models). All take an optional one-hot
-class label.
+class label. Beside them: the adversary's discriminator and the evaluator's image classifier.
 """
 from __future__ import annotations
 
@@ -89,11 +89,19 @@ class UNetNet(nn.Module):
         return self.unet(x, self.t, class_labels)
 
 
-def make_net(spec: dict, in_shape, out_shape, label_dim: int = 0, t: float = 0.0) -> nn.Module:
-    """A network from a params `net` spec: forward(x, class_labels=None) with x of in_shape per sample."""
+def make_net(spec: dict, in_shape, out_shape, label_dim: int = 0, t: float | None = None) -> nn.Module:
+    """Every network from a params `net` spec. With a constant time input `t`, forward(x, class_labels=None)
+    (the students' encoders and decoders); with t None, a denoiser forward(x, c_noise, class_labels=None)
+    for EDM preconditioning (kdm.edm.EDMPrecond: the teachers)."""
     kind, args = spec["kind"], {k: v for k, v in spec.items() if k != "kind"}
+    if kind == "mlp" and t is None:
+        if len(in_shape) != 1 or label_dim:
+            raise ValueError(f"teacher.net: an mlp teacher takes unconditional vector data, got shape {tuple(in_shape)}")
+        return DenoiserMLP(in_shape[0], **args)
     if kind == "mlp":
         return MLPNet(in_shape, out_shape, label_dim=label_dim, **args)
+    if kind in UNETS and t is None:
+        return UNETS[kind](in_shape[1], in_shape[0], out_shape[0], label_dim=label_dim, **unet_args(args))
     if kind in UNETS:
         return UNetNet(in_shape, out_shape, t=t, kind=kind, label_dim=label_dim, **unet_args(args))
     raise ValueError(f"net.kind: unknown {kind!r}, expected mlp or one of {sorted(UNETS)}")
@@ -123,6 +131,38 @@ class Discriminator(nn.Module):
 
     def forward(self, x):
         return self.body(x).squeeze(1)
+
+
+class ImageClassifier(nn.Module):
+    """A small CNN for low-resolution images in [-1, 1]; its penultimate layer is the feature space.
+
+    Features are standardised per dimension with the real training images' statistics (`standardize`,
+    buffers saved with the weights), so that FID and KID have a fixed scale whatever the training
+    made of the layer's magnitude (KID's cubic kernel is meaningless on features of norm ~100).
+    """
+
+    def __init__(self, in_channels: int, resolution: int, n_classes: int, width: int = 32, feature_dim: int = 128):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(2 * width, 2 * width, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Flatten(), nn.Linear(2 * width * (resolution // 4) ** 2, feature_dim), nn.SiLU())
+        self.head = nn.Linear(feature_dim, n_classes)
+        self.register_buffer("feature_mean", torch.zeros(feature_dim))
+        self.register_buffer("feature_std", torch.ones(feature_dim))
+
+    @torch.no_grad()
+    def standardize(self, real: torch.Tensor) -> None:
+        f = self.body(real)
+        self.feature_mean.copy_(f.mean(0))
+        self.feature_std.copy_(f.std(0).clamp_min(1e-6))
+
+    def features(self, x):
+        return (self.body(x) - self.feature_mean) / self.feature_std
+
+    def forward(self, x):
+        return self.head(self.body(x))
 
 
 def count_params(*modules: nn.Module) -> int:

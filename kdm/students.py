@@ -14,6 +14,7 @@ from torch import nn
 
 from kdm.koopman import make_operator
 from kdm.nets import Discriminator, count_params, make_net, one_hot
+from kdm.optim import adam, average_gradients, step
 
 
 def rec_loss(spec: dict):
@@ -165,7 +166,6 @@ class Adversary:
         with torch.random.fork_rng(devices=[]):     # seeded, leaving the global RNG as it was
             torch.manual_seed(seed)
             self.disc = Discriminator(in_channels, resolution, tuple(widths))
-        from kdm.training import adam       # (kdm.training builds students: imported here, not at the top)
         self.opt = adam(self.disc.parameters(), lr, betas)
 
     def to(self, *args, **kwargs):
@@ -174,7 +174,6 @@ class Adversary:
         return self
 
     def losses(self, real, fake) -> dict:
-        from kdm.training import average_gradients
         bce = F.binary_cross_entropy_with_logits
         d_real, d_fake = self.disc(real), self.disc(fake.detach())
         d_loss = bce(d_real, torch.ones_like(d_real)) + bce(d_fake, torch.zeros_like(d_fake))
@@ -182,9 +181,7 @@ class Adversary:
         with torch.autocast(real.device.type, enabled=False):      # backward and step outside bf16 autocast
             d_loss.backward()
             average_gradients(self.disc.parameters())               # ranks keep the same discriminator
-            for p in self.disc.parameters():
-                torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
-            self.opt.step()
+            step(self.opt, self.disc.parameters())
         self.disc.requires_grad_(False)         # the student's term: gradients for the student only
         g = self.disc(fake)
         self.disc.requires_grad_(True)

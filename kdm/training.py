@@ -1,15 +1,11 @@
-"""Building, training, saving and loading models.
-
-A saved model is a state dict (EMA weights) plus the JSON-able arguments that rebuild its module, so
-it loads with `torch.load(weights_only=True)` and no pickled code.
-"""
+"""The training loop every trained model shares (teacher, students, classifier), the students' batches and
+losses on a pair store, and a training stage's outputs."""
 from __future__ import annotations
 
 import copy
 import csv
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -21,104 +17,15 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from kdm.edm import EDMPrecond
-from kdm.fidelity import ImageClassifier
-from kdm.io import atomic_path
-from kdm.nets import DenoiserMLP, unet_args
-from kdm.students import KoopmanStudent, OneStepStudent
-from kdm.teachers import DiffusersDenoiser
-from kdm.unet import UNETS
+from kdm import plots
+from kdm.device import rank_batch, ranks
+from kdm.io import atomic_path, write_json
+from kdm.provenance import provenance
+from kdm.models import build, save_model
+from kdm.optim import adam, step
+from kdm.students import Adversary, rec_loss
 
 log = logging.getLogger("kdm.train")
-
-
-def _teacher(data_shape, net: dict, sigma_data: float, label_dim: int = 0):
-    """EDM preconditioning around an MLP denoiser (vector data) or a UNet (images: kind unet, or songunet as in
-    EDM's own networks, converted by kdm.teachers)."""
-    if net["kind"] == "mlp":
-        if len(data_shape) != 1 or label_dim:
-            raise ValueError(f"teacher.net: an mlp teacher takes unconditional vector data, got shape {data_shape}")
-        model = DenoiserMLP(data_shape[0], net["hidden"], net["layers"], net["emb_dim"], net["emb_scale"])
-    else:
-        model = UNETS[net["kind"]](data_shape[1], data_shape[0], data_shape[0], label_dim=label_dim,
-                                    **unet_args(net))
-    return EDMPrecond(model, sigma_data, label_dim)
-
-
-ARCHS = {"teacher": _teacher, "diffusers": DiffusersDenoiser, "kdm": KoopmanStudent, "kd": OneStepStudent,
-         "classifier": ImageClassifier}
-
-
-def device() -> torch.device:
-    """Where stages compute: CUDA when there is a GPU, else the CPU; KDM_DEVICE=cpu|cuda overrides.
-    Random draws stay on CPU generators, so the same params give the same bytes on CPU."""
-    name = os.environ.get("KDM_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") or (name == "cuda" and not torch.cuda.is_available()):
-        raise ValueError(f"KDM_DEVICE={name!r}: expected 'cpu', or 'cuda' on a machine with a CUDA GPU")
-    if name == "cuda" and "LOCAL_RANK" in os.environ:       # torchrun: one GPU per process
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return torch.device(name)
-
-
-def ranks() -> tuple[int, int]:
-    """(this process's rank, the number of training processes): torchrun sets RANK and WORLD_SIZE; else (0, 1)."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def rank_batch(batch: int, key: str) -> int:
-    """This process's share of a training batch. Params give the global batch: under torchrun each of the
-    WORLD_SIZE processes draws batch / WORLD_SIZE rows, so a step averages gradients over `batch` rows as
-    in one process."""
-    world = ranks()[1]
-    if batch % world:
-        raise ValueError(f"{key}: {batch} is not divisible by the {world} training processes (WORLD_SIZE); "
-                         f"expected a multiple of {world}")
-    return batch // world
-
-
-def average_gradients(parameters) -> None:
-    """Average gradients over the training processes (nothing to do in one): for modules stepped outside
-    DDP, such as the adversary's discriminator, so that every rank keeps the same weights."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return
-    grads = [p.grad for p in parameters if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])        # one collective instead of one per tensor
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    for g, f in zip(grads, flat.split([g.numel() for g in grads])):
-        g.copy_(f.view_as(g))
-
-
-def build(arch: str, kwargs: dict, seed: int) -> torch.nn.Module:
-    """The module for `arch`, its initial weights a pure function of `seed`."""
-    torch.manual_seed(seed)
-    return ARCHS[arch](**kwargs)
-
-
-def save_model(path, arch: str, kwargs: dict, module: torch.nn.Module, data_shape) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"arch": arch, "kwargs": kwargs, "data_shape": list(data_shape),
-                    "state_dict": module.state_dict()}, tmp)
-
-
-def load_model(path, to: torch.device | str = "cpu") -> torch.nn.Module:
-    path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        module = ARCHS[ckpt["arch"]](**ckpt["kwargs"])
-        module.load_state_dict(ckpt["state_dict"])
-        module.data_shape = tuple(ckpt["data_shape"])
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: missing; expected a model written by a train or teacher stage") from None
-    except Exception as e:  # torch raises many types for truncated or foreign files
-        raise ValueError(f"{path}: not a loadable model checkpoint ({type(e).__name__}: {e})") from None
-    return module.eval().requires_grad_(False).to(to)
-
-
-def adam(parameters, lr: float, betas) -> torch.optim.Adam:
-    """Adam with its multi-tensor implementation, which torch picks only on GPUs: on the CPU it gives
-    bitwise the same steps as the per-parameter loop, about 10% faster for the digits UNets."""
-    return torch.optim.Adam(parameters, lr=lr, betas=tuple(betas), foreach=True)
 
 
 class EMA:
@@ -166,8 +73,9 @@ def _seeds(seed: int, rank: int, world: int) -> tuple[int, int | None]:
     return int(batches), int(global_rng)
 
 
-class NonFiniteLoss(RuntimeError):
-    """The loss stayed NaN/inf for too many consecutive steps."""
+class NonFiniteLoss(ValueError):
+    """The loss stayed NaN/inf for too many consecutive steps: params or data to change (hence a ValueError,
+    which the CLI reports as a message)."""
 
 
 def _load_checkpoint(path: Path | None, want: str):
@@ -182,6 +90,34 @@ def _load_checkpoint(path: Path | None, want: str):
         log.warning("ignoring checkpoint %s: it was made with other params or data; starting from scratch", path)
         return None
     return state
+
+
+def _restore(state: dict, parts: dict, gen: torch.Generator, rank: int, on: torch.device) -> None:
+    """A checkpoint's weights, optimiser and companion states into `parts`, and this rank's RNG states."""
+    for name in ("model", "ema", "opt"):
+        parts[name].load_state_dict(state[name])
+    for name, companion in parts["companions"].items():
+        companion.load_state_dict(state["companions"][name])
+    rng = state["rng"][rank]
+    gen.set_state(rng["gen"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None:
+        torch.cuda.set_rng_state(rng["cuda"], on)
+
+
+def _save(path: Path, progress: dict, parts: dict, gen: torch.Generator, rank: int, world: int,
+          on: torch.device) -> None:
+    """A checkpoint of `parts` and every rank's RNG states (gathered to rank 0, which alone writes it)."""
+    rng = {"gen": gen.get_state(), "torch": torch.get_rng_state(),
+           "cuda": torch.cuda.get_rng_state(on) if on.type == "cuda" else None}
+    rngs = [rng] * world
+    if world > 1:
+        dist.all_gather_object(rngs, rng)
+    if rank == 0:
+        with atomic_path(path) as tmp:
+            torch.save({**progress, "model": parts["model"].state_dict(), "ema": parts["ema"].state_dict(),
+                        "opt": parts["opt"].state_dict(), "rng": rngs,
+                        "companions": {k: c.state_dict() for k, c in parts["companions"].items()}}, tmp)
 
 
 def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator], dict], weights: dict,
@@ -239,26 +175,18 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
     every, iters = optim.get("log_every", 100), optim["iterations"]
     ckpt_every, max_bad = optim.get("checkpoint_every", 0), optim.get("max_nonfinite_steps", 100)
     rows, start, bad = [], 0, 0
+    parts = {"model": model, "ema": ema.module, "opt": opt, "companions": companions or {}}
     state = _load_checkpoint(checkpoint, run_id)
     if state:
-        model.load_state_dict(state["model"])
-        ema.module.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        rng = state["rng"][rank]
-        gen.set_state(rng["gen"])
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] is not None:
-            torch.cuda.set_rng_state(rng["cuda"], on)
-        for name, companion in (companions or {}).items():
-            companion.load_state_dict(state["companions"][name])
+        _restore(state, parts, gen, rank, on)
         rows, start = state["rows"], state["iteration"]
         log.info("%s: resumed from checkpoint %s at iteration %d", desc, checkpoint, start)
     if optim.get("compile"):
         _compile(model)                         # after the EMA's copy, which stays an eager module
-    step = batch_losses
+    losses = batch_losses
     if world > 1:
         # unused parameters exist (e.g. EDM's augmentation embedding, never given labels here)
-        step = DistributedDataParallel(_Step(model, batch_losses), device_ids=[on] if on.type == "cuda" else None,
+        losses = DistributedDataParallel(_Step(model, batch_losses), device_ids=[on] if on.type == "cuda" else None,
                                        find_unused_parameters=True)
     model.train()
     bar = tqdm(range(start, iters), desc=desc, mininterval=2.0, miniters=1, initial=start, total=iters,
@@ -268,17 +196,12 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
             for group in opt.param_groups:
                 group["lr"] = optim["lr"] * 0.5 * (1 + math.cos(math.pi * it / iters))
         with torch.autocast(on.type, dtype=torch.bfloat16, enabled=bf16):
-            terms = step(gen)
+            terms = losses(gen)
         terms = {k: v.float() for k, v in terms.items()}       # the same tensors in fp32
         loss = sum(weights.get(k, 1.0) * v for k, v in terms.items() if v.requires_grad)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        for p in model.parameters():
-            if p.grad is not None:
-                torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
+        step(opt, model.parameters(), grad_clip)
         ema.update(model)
         logged = dict(loss=loss, **terms)
         if world > 1:       # every rank sees the mean over ranks: they stop alike and rank 0 logs the mean
@@ -299,16 +222,7 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
                 log.info("%s step %d/%d %s", desc, it + 1, iters,
                          " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step"))
         if checkpoint and ckpt_every and (it + 1) % ckpt_every == 0 and it + 1 < iters and bad == 0:
-            rng = {"gen": gen.get_state(), "torch": torch.get_rng_state(),
-                   "cuda": torch.cuda.get_rng_state(on) if on.type == "cuda" else None}
-            rngs = [rng] * world
-            if world > 1:
-                dist.all_gather_object(rngs, rng)
-            if rank == 0:
-                with atomic_path(checkpoint) as tmp:
-                    torch.save({"run_id": run_id, "iteration": it + 1, "model": model.state_dict(),
-                                "ema": ema.module.state_dict(), "opt": opt.state_dict(), "rng": rngs, "rows": rows,
-                                "companions": {k: c.state_dict() for k, c in (companions or {}).items()}}, tmp)
+            _save(checkpoint, {"run_id": run_id, "iteration": it + 1, "rows": rows}, parts, gen, rank, world, on)
     if own_group:
         dist.destroy_process_group()
     return ema.module.to("cpu", memory_format=torch.contiguous_format), rows
@@ -323,19 +237,54 @@ def write_rows(path, rows: list[dict]) -> None:
 
 def write_run(stage, arch: str, kwargs: dict, module, data_shape, rows: list[dict], resolved: dict,
               started: float, source: dict | None = None) -> None:
-    """A training stage's outputs: model.pt, config.json (resolved params, provenance and the wall time
-    since `started`, a time.perf_counter() value: a resumed run counts only its own part), train.csv, loss.png.
-    A loaded model (no `rows`) records where it came from (`source`) instead of a training log."""
+    """A training stage's outputs: the model, its config (resolved params, provenance and the wall time
+    since `started`, a time.perf_counter() value: a resumed run counts only its own part), its loss log and
+    curve. A loaded model (no `rows`) records where it came from (`source`) instead of a training log."""
     seconds = time.perf_counter() - started
-    from kdm.io import provenance, write_json
-    from kdm.plots import loss_curve
-    model_pt, config_json = stage.outs
-    train_csv, loss_png = stage.plots[:2]
-    write_rows(train_csv, rows)
-    loss_curve(rows, loss_png, title=stage.name)
-    write_json(config_json, {"stage": stage.name, "arch": arch, "kwargs": kwargs, "params": resolved,
-                             "train_seconds": seconds, "provenance": provenance(),
-                             **({"source": source} if source else {})})
-    save_model(model_pt, arch, kwargs, module, data_shape)   # last: its presence marks the run complete
+    write_rows(stage.plots.losses, rows)
+    plots.loss_curve(rows, stage.plots.loss_curve, title=stage.name)
+    write_json(stage.outs.config, {"stage": stage.name, "arch": arch, "kwargs": kwargs, "params": resolved,
+                                   "train_seconds": seconds, "provenance": provenance(),
+                                   **({"source": source} if source else {})})
+    save_model(stage.outs.model, arch, kwargs, module, data_shape)   # last: its presence marks the run complete
     if stage.scratch_path:
-        stage.scratch_path.unlink(missing_ok=True)           # done: a later run starts afresh
+        stage.scratch_path.unlink(missing_ok=True)                     # done: a later run starts afresh
+
+
+def student_kwargs(model: str, p: dict, data_shape, x_T_scale: float, label_dim: int) -> dict:
+    kwargs = dict(data_shape=list(data_shape), net=p["net"], x_T_scale=x_T_scale, label_dim=label_dim)
+    if model == "kdm":
+        kwargs.update(latent_dim=p["latent_dim"], operator=p["operator"])
+        if p["net"]["kind"] == "unet":
+            kwargs["latent_channels"] = p["latent_channels"]
+    return kwargs
+
+
+def student_setup(model: str, p: dict, store, seed: int, on):
+    """A student ready to train on `store`: (net, its kwargs, batch_losses(gen), companions).
+    The train stage runs it to the end; the benchmark times a few of its steps."""
+    x0_all, xT_all = store["x0"], store["xT"]
+    labels_all = store.arrays.get("labels")
+    shape = x0_all.shape[1:]
+    kwargs = student_kwargs(model, p, shape, store.meta["sampler"]["sigma_max"], store.meta["teacher"]["label_dim"])
+    net = build(model, kwargs, seed=seed)
+    rec = rec_loss(p["rec_loss"])
+    batch = rank_batch(p["batch"], f"{model}.batch")     # this process's share (torchrun: of WORLD_SIZE)
+    extra, companions = {}, {}
+    if model == "kdm":
+        extra["latent_noise"] = p["latent_noise"]
+        if p.get("adversary"):      # the discriminator sees images: (channels, resolution, resolution)
+            extra["adversary"] = companions["adversary"] = Adversary(
+                shape[0], shape[-1], p["adversary"]["widths"], p["lr"], p["betas"], seed=seed + 1)
+
+    def batch_losses(gen):
+        idx = batch_indices(len(store), batch, gen)
+        x0, xT = torch.from_numpy(x0_all[idx]).to(on), torch.from_numpy(xT_all[idx]).to(on)
+        labels = None if labels_all is None else torch.from_numpy(labels_all[idx]).to(on)
+        return net.losses(x0, xT, gen, rec=rec, labels=labels, **extra)
+    return net, kwargs, batch_losses, companions
+
+
+def batch_indices(n: int, batch: int, gen: torch.Generator):
+    """A training batch's rows: uniform with replacement, sorted so memory-mapped reads go in file order."""
+    return torch.randint(n, (batch,), generator=gen).sort().values.numpy()

@@ -1,29 +1,19 @@
 """Shared fixtures: tiny params for fast end-to-end runs, and a tiny teacher."""
-import json
 import os
-from pathlib import Path
 
 import pytest
-import yaml
 
-from kdm import smoke
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def shipped() -> dict:
-    """params.yaml, its sections unshared (YAML merge keys share them): each can be changed alone."""
-    return json.loads(json.dumps(yaml.safe_load((ROOT / "params.yaml").read_text())))
+from workspace import ROOT, shipped, tiny  # noqa: F401  (ROOT and shipped: for the tests)
 
 
 def tiny_params() -> dict:
     """The shipped checkerboard experiment shrunk to seconds."""
-    return smoke.tiny_checkerboard(shipped())
+    return tiny("checkerboard")
 
 
 def tiny_digits(name: str = "digits-cond") -> dict:
     """A shipped digits experiment shrunk to seconds."""
-    return smoke.tiny_digits(shipped(), name)
+    return tiny(name)
 
 
 @pytest.fixture

@@ -5,7 +5,9 @@ import sys
 import torch
 
 from kdm.students import Adversary, rec_loss
-from kdm.training import build, rank_batch, ranks, train_loop
+from kdm.device import rank_batch, ranks
+from kdm.models import build
+from kdm.training import train_loop
 
 UNET = {"kind": "unet", "model_channels": 8, "channel_mult": [1, 2], "num_blocks": 1, "attn_resolutions": [4],
         "dropout": 0.1}

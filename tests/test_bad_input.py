@@ -5,7 +5,7 @@ import copy
 import pytest
 
 from conftest import tiny_digits, tiny_params
-from kdm.smoke import TINY_UNET
+from workspace import TINY_UNET
 from workspace import Workspace
 
 pytestmark = pytest.mark.e2e

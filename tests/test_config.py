@@ -64,9 +64,6 @@ def test_invalid_params_name_the_key(params, mutate, expect):
 
 
 @pytest.mark.parametrize("mutate,expect", [
-    (lambda b: b["overhead"].update(experiment="nope"), ["benchmark.overhead.experiment", "'nope'", "checkerboard"]),
-    (lambda b: b["overhead"].update(experiment="benchmark"), ["benchmark.overhead.experiment"]),
-    (lambda b: b["overhead"].update(experiment="cifar10-uncond"), ["benchmark.overhead.experiment", "embedded"]),
     (lambda b: b["pairs"].update(shards=[1, 3]), ["benchmark.pairs.shards", "3 does not divide"]),
     (lambda b: b["sampling"].update(batches=[]), ["benchmark.sampling.batches", "minItems"]),
     (lambda b: b["memory"].update(scale=1), ["benchmark.memory.scale", "minimum"]),

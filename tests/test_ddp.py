@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdm.training import load_model
+from kdm.models import load_model
 
 import ddp_adversary
 from conftest import ROOT, tiny_params

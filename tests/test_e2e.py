@@ -173,13 +173,10 @@ def test_benchmark_target_under_snakemake_then_dvc(digits):
     """The benchmark (not in the default target) on the tiny image experiment: every section measured, and
     DVC, which runs it from its own file, takes Snakemake's outputs as current once adopted."""
     import pandas as pd
-    from conftest import shipped
     params = yaml.safe_load((digits.path / "params.yaml").read_text())
-    params["checkerboard"] = shipped()["checkerboard"]      # the overhead section runs a tiny copy of it
     params["benchmark"] = {"sampling": {"batches": [1, 4], "repeats": 1},
                            "training": {"warmup": 1, "iterations": 2, "read_batches": 5},
-                           "memory": {"scale": 2, "iterations": 2}, "pairs": {"count": 64, "batch": 16, "shards": [1, 2]},
-                           "overhead": {"experiment": "checkerboard", "dry_run_shards": 8}}
+                           "memory": {"scale": 2, "iterations": 2}, "pairs": {"count": 64, "batch": 16, "shards": [1, 2]}}
     digits.write_params(params)
     assert "benchmark" not in digits.snakemake("-n").stdout         # not part of the default run
     digits.snakemake("benchmark")
@@ -192,11 +189,19 @@ def test_benchmark_target_under_snakemake_then_dvc(digits):
     mem = t[t["section"] == "memory"]
     assert list(mem["pairs"]) == [128, 256] and (mem["peak_rss_mb"] > 0).all()
     assert list(t[t["section"] == "pairs"]["shards"]) == [1, 2]
-    over = t[t["section"] == "overhead"]
-    assert len(over) == 6 and (over["seconds"] > 0).all() and over["jobs"].iloc[-1] > over["jobs"].iloc[0]
     assert (digits.path / "results/benchmarks.png").stat().st_size > 1000
     assert "## Sampling throughput" in (digits.path / "results/benchmarks.md").read_text()
     digits.dvc("commit", "-f")
     digits.dvc("commit", "-f", "workflow/benchmark/dvc.yaml")
     r = digits.dvc("repro", "workflow/benchmark/dvc.yaml")
     assert "Running stage" not in r.stdout, r.stdout
+
+
+def test_overhead_script_times_both_tools(tmp_path):
+    """tests/overhead.py, the pipeline's own cost on a tiny workspace: every step timed, its table written."""
+    import pandas as pd
+    from overhead import main
+    main(["--shards", "8", "--out", str(tmp_path / "overhead")])
+    t = pd.read_csv(tmp_path / "overhead.csv")
+    assert len(t) == 6 and (t["seconds"] > 0).all() and t["jobs"].iloc[-1] > t["jobs"].iloc[0]
+    assert "no-op" in (tmp_path / "overhead.md").read_text()

@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
-from kdm.fidelity import accuracy, fidelity_metrics, register_classifier
-from kdm.training import build, save_model
+from kdm.metrics import accuracy, fidelity_metrics, register_classifier
+from kdm.models import build, save_model
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def classifier_pt(digits, tmp_path_factory):
 
 
 def test_classifier_learns_the_digits(classifier_pt, digits):
-    from kdm.training import load_model
+    from kdm.models import load_model
     images, labels = digits
     assert accuracy(load_model(classifier_pt), images[1500:], labels[1500:]) > 0.85
 

@@ -7,7 +7,9 @@ import torch
 
 from kdm import config
 from kdm.students import Adversary, rec_loss
-from kdm.training import build, load_model, rank_batch, save_model, train_loop
+from kdm.device import rank_batch
+from kdm.models import build, load_model, save_model
+from kdm.training import train_loop
 
 from conftest import tiny_digits
 

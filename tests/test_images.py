@@ -4,13 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from kdm.smoke import TINY_UNET
+from workspace import TINY_UNET
 from kdm import dag
 from kdm.datasets import Digits
 from kdm.edm import seed_labels
 from kdm.nets import Discriminator, make_net
 from kdm.students import Adversary, KoopmanStudent, OneStepStudent, rec_loss
-from kdm.training import build, load_model, save_model, train_loop
+from kdm.models import build, load_model, save_model
+from kdm.training import train_loop
 
 SHAPE = (1, 8, 8)
 HUBER = rec_loss({"kind": "pseudo_huber", "c": 0.03})
@@ -31,7 +32,7 @@ def test_digits_are_real_scaled_and_split():
 @pytest.mark.parametrize("spec,out", [(TINY_UNET, (3, 8, 8)), ({"kind": "mlp", "hidden": 16, "layers": 2}, (5,))])
 def test_make_net_shapes_and_label_path(spec, out):
     torch.manual_seed(0)
-    net = make_net(spec, SHAPE, out, label_dim=10).eval()
+    net = make_net(spec, SHAPE, out, label_dim=10, t=0.0).eval()
     x = torch.randn(2, *SHAPE)
     y = torch.nn.functional.one_hot(torch.tensor([1, 1]), 10).float()
     y2 = torch.nn.functional.one_hot(torch.tensor([1, 2]), 10).float()
@@ -133,7 +134,8 @@ def test_conditional_pairs_carry_the_labels_their_seeds_request(tmp_path):
     teacher_pt = tmp_path / "teacher.pt"
     save_model(teacher_pt, "teacher", kwargs, build("teacher", kwargs, seed=0), data_shape=SHAPE)
     out = tmp_path / "shard"
-    stage = dag.Stage(name="p", cmd="", deps=(str(teacher_pt),), outs=(str(out),), params=(), log="",
+    stage = dag.Stage(name="p", cmd="", deps=dag.Files(teacher=str(teacher_pt)), outs=dag.Files(shard=str(out)),
+                      params=(), log="",
                       args={"shard": 1})
     pairs = {"count": 40, "shards": 2, "batch": 8, "seed_start": 100}
     sampler = {"steps": 3, "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0}
@@ -151,7 +153,7 @@ def test_conditional_pairs_carry_the_labels_their_seeds_request(tmp_path):
 
 
 def test_inception_extractor_needs_local_weights(tmp_path):
-    from kdm.fidelity import INCEPTION_URL, resolve_extractor, to_uint8_rgb
+    from kdm.metrics import INCEPTION_URL, resolve_extractor, to_uint8_rgb
     missing = tmp_path / "weights-inception.pth"
     with pytest.raises(FileNotFoundError) as e:
         resolve_extractor({"kind": "inception-v3-compat", "weights": str(missing)}, classifier_pt=None)
@@ -164,7 +166,7 @@ def test_inception_path_reads_local_weights(inception_weights):
     """The standard extractor through our path: a local weights file (random weights, conftest), uint8 RGB
     conversion and torch-fidelity's resize to 299."""
     import math
-    from kdm.fidelity import fidelity_metrics, resolve_extractor
+    from kdm.metrics import fidelity_metrics, resolve_extractor
     name, path = resolve_extractor({"kind": "inception-v3-compat", "weights": inception_weights}, classifier_pt=None)
     x = Digits(conditional=False).x
     metrics = fidelity_metrics(x[:40], x[40:80], name, path, kid_subset=20)
@@ -197,13 +199,13 @@ def test_lpips_reads_local_backbone_weights(tmp_path):
 
 
 def test_a_conditional_mlp_without_labels_is_a_clear_error():
-    net = make_net({"kind": "mlp", "hidden": 8, "layers": 2}, SHAPE, (4,), label_dim=10)
+    net = make_net({"kind": "mlp", "hidden": 8, "layers": 2}, SHAPE, (4,), label_dim=10, t=0.0)
     with pytest.raises(ValueError, match=r"class_labels: expected shape \(2, 10\), got None"):
         net(torch.randn(2, *SHAPE))
 
 
 def test_device_choice_is_checked(monkeypatch):
-    from kdm.training import device
+    from kdm.device import device
     monkeypatch.setenv("KDM_DEVICE", "cpu")
     assert device().type == "cpu"
     monkeypatch.setenv("KDM_DEVICE", "tpu")

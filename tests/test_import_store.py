@@ -83,4 +83,6 @@ def test_imports_that_do_not_fit_the_teacher_are_refused(built):
         assert not list((ws.path / "results" / EXP).glob(".store.tmp-*"))
     ws.write_params(imported(root / "get"), dvc_yaml=False)
     r = ws.run(sys.executable, "-m", "kdm", "pairs", EXP, "0", check=False)
-    assert r.returncode == 2 and f"{EXP}.pairs.source is import" in r.stderr
+    # imported pairs have no shards: the error lists the stages the experiment has, none of them pairs
+    assert r.returncode == 2 and f"{EXP}-pairs-0: " in r.stderr and "no such stage" in r.stderr, r.stderr
+    assert f"{EXP}-store" in r.stderr and f"{EXP}-pairs-" not in r.stderr.split("its stages are:")[1]

@@ -6,7 +6,8 @@ import torch
 from kdm import metrics
 from kdm.datasets import Checkerboard
 from kdm.students import KoopmanStudent, OneStepStudent, rec_loss
-from kdm.training import EMA, build, load_model, save_model, train_loop
+from kdm.models import build, load_model, save_model
+from kdm.training import EMA, train_loop
 
 
 def test_checkerboard_samples_lie_in_its_cells():

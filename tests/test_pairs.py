@@ -5,7 +5,7 @@ import torch
 
 from kdm import dag
 from kdm.stages import pairs as pairs_stage
-from kdm.training import build, load_model, save_model
+from kdm.models import build, load_model, save_model
 
 SAMPLER = {"steps": 6, "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0}
 
@@ -24,10 +24,11 @@ def run_shards(teacher, tmp_path, count, shards, batch):
     dirs = []
     for i in range(shards):
         out = tmp_path / f"b{batch}-n{shards}-{i}"
-        stage = dag.Stage(name=f"p{i}", cmd="", deps=(str(teacher),), outs=(str(out),), params=(), log="",
+        stage = dag.Stage(name=f"p{i}", cmd="", deps=dag.Files(teacher=str(teacher)),
+                          outs=dag.Files(shard=str(out)), params=(), log="",
                           scratch=f"{out}.partial/", args={"shard": i})
         pairs_stage.run(stage, {"pairs": pairs, "sampler": SAMPLER})
-        dirs.append(stage.outs[0])
+        dirs.append(stage.outs.shard)
     return dirs
 
 

@@ -37,7 +37,7 @@ def test_preset_dry_runs_list_every_stage_under_both_tools(tmp_path, name):
                                f"evaluate {name} kdm 0", f"evaluate {name} kd 0"]
                               + [f"pairs {name} {i}" for i in range(shards)])
     (evaluate_kdm,) = [inputs for cmd, inputs, _ in smk if cmd.endswith(f"evaluate {name} kdm 0")]
-    assert dag.reference_stats(name) in evaluate_kdm
+    assert dag.reference(name).outs.stats in evaluate_kdm
 
 
 def kdm_cli(ws, *args):

@@ -1,4 +1,4 @@
-"""Image data by path (EDM's dataset_tool.py layout) and FID against reference statistics (kdm/frechet.py, the
+"""Image data by path (EDM's dataset_tool.py layout) and FID against reference statistics (kdm/metrics.py, the
 reference stage), with random Inception weights (conftest.inception_weights)."""
 import io
 import json
@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from kdm import dag, frechet
+from kdm import dag, metrics
 from kdm.datasets import ImageFolder
-from kdm.fidelity import Images, to_uint8_rgb
+from kdm.metrics import Images, to_uint8_rgb
 from kdm.stages import reference
-from kdm.stages.evaluate import Quality
+from kdm.metrics import Quality
 
 SHAPE = (3, 32, 32)
 N = 12
@@ -79,15 +79,15 @@ def test_frechet_distance_of_known_gaussians():
     a = {"mu": np.zeros(d), "sigma": np.eye(d)}
     b = {"mu": shift, "sigma": 4 * np.eye(d)}
     # |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)) = |shift|^2 + d (1 + 4 - 4)
-    assert frechet.fid(a, b) == pytest.approx(shift @ shift + d)
-    assert frechet.fid(b, b) == pytest.approx(0, abs=1e-9)
+    assert metrics.fid(a, b) == pytest.approx(shift @ shift + d)
+    assert metrics.fid(b, b) == pytest.approx(0, abs=1e-9)
 
 
 def run_reference(tmp_path, monkeypatch, data: dict, extractor: dict) -> dict:
     monkeypatch.chdir(tmp_path)
     stage = dag.reference("x")
     reference.run(stage, {"data": data, "extractor": extractor})
-    return frechet.load_statistics(stage.outs[0], "test")
+    return metrics.load_statistics(stage.outs.stats, "test")
 
 
 def test_reference_stage_from_folder_zip_and_npz(tmp_path, monkeypatch, inception_weights):
@@ -99,7 +99,7 @@ def test_reference_stage_from_folder_zip_and_npz(tmp_path, monkeypatch, inceptio
         data = {"kind": "images", "path": str(path), "resolution": 32, "channels": 3, "classes": 0}
         stats[kind] = run_reference(tmp_path, monkeypatch, data, extractor)
     assert stats["folder"]["mu"].shape == (2048,) and stats["folder"]["sigma"].shape == (2048, 2048)
-    direct = frechet.statistics(frechet.inception_features(
+    direct = metrics.statistics(metrics.inception_features(
         torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1), inception_weights, batch=7))
     for key in ("mu", "sigma"):     # the same images give the same statistics, also computed directly
         np.testing.assert_array_equal(stats["folder"][key], stats["zip"][key])
@@ -107,7 +107,7 @@ def test_reference_stage_from_folder_zip_and_npz(tmp_path, monkeypatch, inceptio
     # an evaluation with Inception measures FID against these statistics: ~0 for the real images themselves
     params = {"x": {"data": data, "evaluate": {"extractor": extractor, "batch": 6}}}
     folder = ImageFolder(path, 32, 3, classes=0)
-    got = Quality(dag.evaluate_teacher(params, "x"), folder, params["x"]["evaluate"])(
+    got = Quality(folder, params["x"]["evaluate"], dag.evaluate_teacher(params, "x").deps)(
         torch.stack([folder[i] for i in range(N)]), None)
     assert set(got) == {"fid", "extractor"} and abs(got["fid"]) < 1e-3 * np.trace(stats["zip"]["sigma"])
     # a precomputed .npz (EDM's fid-refs layout) is checked and taken as it is; the data set is not read
@@ -129,8 +129,8 @@ def test_fid_against_statistics_equals_torch_fidelity_fid(inception_weights):
     g = torch.Generator().manual_seed(0)
     a = torch.rand(6, *SHAPE, generator=g) * 2 - 1
     b = (torch.rand(6, *SHAPE, generator=g) * 2 - 1) * 0.5
-    ours = frechet.fid(frechet.statistics(frechet.inception_features(a, inception_weights, batch=6)),
-                       frechet.statistics(frechet.inception_features(b, inception_weights, batch=6)))
+    ours = metrics.fid(metrics.statistics(metrics.inception_features(a, inception_weights, batch=6)),
+                       metrics.statistics(metrics.inception_features(b, inception_weights, batch=6)))
     theirs = calculate_metrics(input1=Images(to_uint8_rgb(a)), input2=Images(to_uint8_rgb(b)),
                                feature_extractor="inception-v3-compat", feature_extractor_weights_path=inception_weights,
                                fid=True, cuda=False, cache=False, verbose=False, save_cpu_ram=True, batch_size=6)

@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from kdm.stages.pairs import sample
+from kdm.sampling import sample
 from kdm.students import rec_loss
-from kdm.training import NonFiniteLoss, build, train_loop
+from kdm.models import build
+from kdm.training import NonFiniteLoss, train_loop
 
 OPTIM = dict(iterations=40, batch=32, lr=5e-3, lr_schedule="cosine", betas=[0.9, 0.999], ema=0.9, log_every=5,
              checkpoint_every=10, max_nonfinite_steps=5)

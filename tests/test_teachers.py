@@ -5,6 +5,7 @@ import importlib
 import json
 import pickle
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from kdm import dag, teachers
 from kdm.edm import edm_sampler
 from kdm.io import sha256_file
 from kdm.stages import teacher as teacher_stage
-from kdm.training import ARCHS, load_model, save_model
+from kdm.models import ARCHS, load_model, save_model
 
 # a stand-in for NVlabs/edm's torch_utils/persistence.py: instances pickle as (source of their module, class
 # name, state), and unpickling execs that source in a fresh module, as EDM's does
@@ -154,8 +155,10 @@ def test_an_edm_network_without_model_type_is_adm():
 
 def digits_stage(tmp_path, teacher: dict):
     d = tmp_path / "run"
-    stage = dag.Stage(name="digits-teacher", cmd="", deps=(), outs=(str(d / "model.pt"), str(d / "config.json")),
-                      params=(), log="", plots=(str(d / "train.csv"), str(d / "loss.png")))
+    files = dag.model_files("unused", "teacher")
+    stage = dag.Stage(name="digits-teacher", cmd="", deps=dag.Files(), params=(), log="",
+                      outs=dag.Files({k: str(d / Path(v).name) for k, v in files["outs"].items()}),
+                      plots=dag.Files({k: str(d / Path(v).name) for k, v in files["plots"].items()}))
     return stage, {"data": {"kind": "digits", "conditional": False}, "teacher": teacher}
 
 
@@ -212,7 +215,7 @@ def test_diffusers_teacher_stage_and_errors(ddpm_folder, tmp_path):
     folder, _ = ddpm_folder
     stage, P = digits_stage(tmp_path, dict(source="diffusers", path=str(folder)))
     teacher_stage.run(stage, P)
-    assert load_model(stage.outs[0]).label_dim == 0
+    assert load_model(stage.outs.model).label_dim == 0
     with pytest.raises(FileNotFoundError, match="teacher.path: .*config.json does not exist"):
         teachers.convert_diffusers(tmp_path)
     config = folder / "scheduler" / "scheduler_config.json"

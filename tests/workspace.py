@@ -1,19 +1,83 @@
-"""The end-to-end tests' workspace (kdm.workspace) and readers of what Snakemake and DVC plan to run."""
+"""A throw-away project directory (params.yaml + the generated DVC files) driven by this project's Snakefile
+(snakemake -s) and by DVC (dvc init --no-scm); the tiny params (tests/params/tiny.yaml) its end-to-end runs
+use; and readers of what Snakemake and DVC plan to run. The tests use it, and so does tests/overhead.py."""
 from __future__ import annotations
 
+import copy
+import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
-import kdm.workspace
+import yaml
+
+from kdm import config, dag
+
+ROOT = Path(__file__).resolve().parents[1]       # the project checkout
+TINY = yaml.safe_load((Path(__file__).with_name("params") / "tiny.yaml").read_text())
+TINY_UNET = TINY["digits"]["teacher"]["net"]
 
 
-class Workspace(kdm.workspace.Workspace):
-    """kdm.workspace.Workspace plus what tests ask of it."""
+def shipped() -> dict:
+    """params.yaml, its sections unshared (YAML merge keys share them): each can be changed alone."""
+    return json.loads(json.dumps(yaml.safe_load((ROOT / "params.yaml").read_text())))
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def tiny(name: str, params: dict | None = None) -> dict:
+    """Experiment `name` of `params` (default: the shipped ones), alone, shrunk to seconds per stage."""
+    params = shipped() if params is None else params
+    kind = "digits" if dag.images(params, name) else "checkerboard"
+    return {"experiments": [name], name: _merge(params[name], TINY[kind])}
+
+
+class WorkspaceError(RuntimeError):
+    """A command in the workspace failed."""
+
+
+class Workspace:
+    def __init__(self, path: Path, params: dict):
+        self.path = Path(path)
+        self.env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        self.write_params(params)
+
+    def write_params(self, params: dict, dvc_yaml: bool = True):
+        (self.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        if dvc_yaml:
+            self.run(sys.executable, "-m", "kdm", "dvc-yaml")
+
+    def run(self, *cmd, check=True, timeout=600) -> subprocess.CompletedProcess:
+        r = subprocess.run(cmd, cwd=self.path, env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check and r.returncode:
+            raise WorkspaceError(f"{' '.join(map(str, cmd))} exited {r.returncode} in {self.path}\n"
+                                 f"{r.stdout[-4000:]}\n{r.stderr[-4000:]}")
+        return r
+
+    def snakemake(self, *args, check=True):
+        return self.run(sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--cores", "2", *args,
+                        check=check)
+
+    def dvc(self, *args, check=True):
+        if not (self.path / ".dvc").exists():
+            self.run(sys.executable, "-m", "dvc", "init", "--no-scm", "-q")
+            # the project's DVC settings (hardlinked cache, so adopting outputs keeps their mtimes)
+            project = (ROOT / ".dvc/config").read_text()
+            if not project.startswith("[core]\n"):
+                raise WorkspaceError(f"{ROOT / '.dvc/config'}: expected a [core] section first")
+            (self.path / ".dvc/config").write_text(project.replace("[core]\n", "[core]\n    no_scm = True\n", 1))
+        return self.run(sys.executable, "-m", "dvc", *args, check=check)
 
     def stage_target(self, name: str) -> str:
         """A Snakemake target that builds the DVC stage `name` (its first output)."""
-        import kdm.config
-        from kdm import dag
-        (stage,) = [s for s in dag.stages(kdm.config.load(self.path / "params.yaml")) if s.name == name]
+        (stage,) = [s for s in dag.stages(config.load(self.path / "params.yaml")) if s.name == name]
         return stage.outputs[0].rstrip("/")
 
     def outputs(self) -> dict[str, int]:

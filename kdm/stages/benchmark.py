@@ -7,9 +7,10 @@
 - memory: peak RSS of a KDM training process on the store and on a store with `scale` times the pairs
   (memory-mapped: it should stay flat);
 - pairs: teacher pair throughput when one seed range is split into 1, 2, 4, ... shards, each shard its
-  own one-thread process, at most one per core (what Snakemake does with pair jobs);
-- overhead: the pipeline's own cost on a tiny workspace: a no-op `snakemake`, `dvc commit` adoption, a
-  no-op `dvc repro`, and dry runs with many shards.
+  own one-thread process, at most one per core (what Snakemake does with pair jobs).
+
+The pipeline's own overhead (Snakemake and DVC on a tiny workspace) is measured outside the DAG, by
+tests/overhead.py.
 
 Writes results/benchmarks.csv (one row per measurement, a `section` column), results/benchmarks.md and
 results/benchmarks.png. Timings are wall-clock on this machine; ratios taken in one run are what to
@@ -32,14 +33,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kdm import dag, plots, smoke
+from kdm import plots
+from kdm.device import device
 from kdm.edm import nfe
-from kdm.io import atomic_path, code_revision, read_json
+from kdm.io import atomic_path, read_json
+from kdm.models import load_model
 from kdm.pairset import open_pairset, write_pairset
-from kdm.stages.evaluate import speed, speed_labels, teacher_speed
-from kdm.stages.train import batch_indices, setup
-from kdm.training import device, load_model, train_loop
-from kdm.workspace import Workspace
+from kdm.provenance import code_revision
+from kdm.sampling import sample, speed, speed_labels, teacher_speed
+from kdm.training import batch_indices, student_setup, train_loop
 
 log = logging.getLogger("kdm.benchmark")
 
@@ -73,7 +75,7 @@ def _sampling_row(exp, model, batch, n, ms, speedup):
 def _steps(model: str, p: dict, store, seed: int, iterations: int) -> float:
     """Seconds for `iterations` real training steps (no checkpoints) of `model` on `store`."""
     on = device()
-    net, _, batch_losses, companions = setup(model, p, store, seed, on)
+    net, _, batch_losses, companions = student_setup(model, p, store, seed, on)
     spec = {**p, "iterations": iterations, "checkpoint_every": 0, "log_every": iterations}
     t0 = time.perf_counter()
     train_loop(net, batch_losses, p.get("loss_weights", {}), spec, seed=seed, desc=f"benchmark {model}",
@@ -82,7 +84,7 @@ def _steps(model: str, p: dict, store, seed: int, iterations: int) -> float:
 
 
 def store_reads(store, batch: int, batches: int, seed: int) -> float:
-    """Samples/s at which the memory-mapped store serves training batches (as kdm.stages.train reads them)."""
+    """Samples/s at which the memory-mapped store serves training batches (as kdm.training reads them)."""
     gen = torch.Generator().manual_seed(seed)
     names = [n for n in ("x0", "xT", "labels") if n in store.arrays]
     t0 = time.perf_counter()
@@ -161,7 +163,6 @@ def _pool(workers: int):
 
 
 def _sample_shard(teacher_pt: str, seeds: np.ndarray, sampler: dict, batch: int) -> int:
-    from kdm.stages.pairs import sample
     torch.set_num_threads(1)
     net = load_model(teacher_pt, to=device())
     return len(sample(net, seeds, sampler, batch, desc=f"shard of {len(seeds)}")["x0"])
@@ -186,38 +187,6 @@ def pair_throughput(exp: str, teacher_pt: str, sampler: dict, b: dict) -> list[d
     return rows
 
 
-# ---- pipeline overhead ------------------------------------------------------------------------------
-def _timed(call, *args) -> float:
-    t0 = time.perf_counter()
-    call(*args)
-    return time.perf_counter() - t0
-
-
-def overhead(params: dict, b: dict, scratch: Path) -> list[dict]:
-    """Seconds of the pipeline's own work on a tiny copy of experiment b['experiment']."""
-    exp = b["experiment"]
-    tiny = smoke.tiny(params, exp)
-    (scratch / "workspace").mkdir()
-    ws = Workspace(scratch / "workspace", tiny)
-    rows = []
-
-    def row(action, seconds):
-        rows.append({"section": "overhead", "action": action, "jobs": len(dag.stages(tiny)), "seconds": seconds})
-        log.info("overhead: %s (%d jobs): %.2f s", action, rows[-1]["jobs"], seconds)
-
-    row("snakemake: the tiny pipeline, every job run", _timed(ws.snakemake))
-    row("snakemake: no-op (everything up to date)", _timed(ws.snakemake))
-    row("dvc commit -f: adopt Snakemake's outputs", _timed(ws.dvc, "commit", "-f", "-q"))
-    row("dvc repro: no-op (everything up to date)", _timed(ws.dvc, "repro"))
-    shards = b["dry_run_shards"]
-    tiny[exp]["pairs"].update(shards=shards, count=shards * tiny[exp]["pairs"]["batch"])
-    ws.write_params(tiny)
-    row(f"snakemake -n: dry run, {shards} shards", _timed(ws.snakemake, "-n"))
-    # (`dvc repro --dry` hashes every dep and so stops at the first missing shard: `dvc status` is DVC's plan)
-    row(f"dvc status: what would run, {shards} shards", _timed(ws.dvc, "status"))
-    return rows
-
-
 # ---- outputs ----------------------------------------------------------------------------------------
 COLUMNS = {
     "sampling": ["experiment", "model", "batch", "nfe", "ms_per_sample", "samples_per_s", "speedup"],
@@ -225,14 +194,12 @@ COLUMNS = {
                  "read_over_consume"],
     "memory": ["experiment", "model", "pairs", "store_mb", "peak_rss_mb", "rss_anon_mb", "rss_file_mb", "vs_1x"],
     "pairs": ["experiment", "shards", "processes", "pairs", "seconds", "pairs_per_s", "vs_1_shard"],
-    "overhead": ["action", "jobs", "seconds"],
 }
 TITLES = {
     "sampling": "Sampling throughput (speedup: teacher ms / student ms at the same batch)",
     "training": "Training throughput, and the store's read throughput for the same batches",
     "memory": "Peak RSS of a KDM training process against store size (the store is memory-mapped)",
     "pairs": "Teacher pair throughput against shard count (one one-thread process per shard, one per core)",
-    "overhead": "Pipeline overhead on a tiny workspace",
 }
 
 
@@ -246,29 +213,25 @@ def markdown(table: pd.DataFrame, machine: str) -> str:
 
 
 def run(stage, P):
-    b, exps = P["benchmark"], stage.args["experiments"]
+    b, exps, deps = P["benchmark"], list(stage.args["experiments"].items()), stage.deps
     rows = []
     with tempfile.TemporaryDirectory(prefix="kdm-benchmark-") as tmp:
-        scratch = Path(tmp)
-        stores = {exp: open_pairset(dag.store_dir(exp)) for exp in exps}      # each checked once
-        for exp, seed in exps.items():
-            runs = {m: dag.model_files(exp, dag.student_run(m, seed))["outs"] for m in dag.STUDENTS}
-            rows += sampling(exp, {"teacher": dag.teacher_pt(exp)} | {m: o[0] for m, o in runs.items()},
-                             stores[exp].meta["sampler"], b["sampling"])
-            rows += training(exp, stores[exp], {m: o[1] for m, o in runs.items()}, seed, b["training"])
+        stores = [open_pairset(s) for s in deps.stores]         # each checked once
+        for i, (exp, seed) in enumerate(exps):
+            models = {"teacher": deps.teachers[i], "kdm": deps.kdm[i], "kd": deps.kd[i]}
+            rows += sampling(exp, models, stores[i].meta["sampler"], b["sampling"])
+            rows += training(exp, stores[i], {"kdm": deps.kdm_configs[i], "kd": deps.kd_configs[i]}, seed,
+                             b["training"])
         if exps:            # memory and sharding: on the first image experiment
-            exp, seed = next(iter(exps.items()))
-            runs_kdm = dag.model_files(exp, dag.student_run("kdm", seed))["outs"]
-            rows += memory(exp, stores[exp], runs_kdm[1], seed, b["memory"], scratch)
-            rows += pair_throughput(exp, dag.teacher_pt(exp), stores[exp].meta["sampler"], b["pairs"])
-        rows += overhead({b["overhead"]["experiment"]: P[b["overhead"]["experiment"]]}, b["overhead"], scratch)
+            (exp, seed), store = exps[0], stores[0]
+            rows += memory(exp, store, deps.kdm_configs[0], seed, b["memory"], Path(tmp))
+            rows += pair_throughput(exp, deps.teachers[0], store.meta["sampler"], b["pairs"])
     table = pd.DataFrame(rows)
     machine = (f"Measured on {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
                f"device {device()}, torch {torch.__version__}, code {code_revision() or 'unknown'}; "
                f"{torch.get_num_threads()} threads for sampling and training.")
-    csv_path, md_path, png_path = stage.outs
-    with atomic_path(csv_path) as tmp:
+    with atomic_path(stage.outs.csv) as tmp:
         table.to_csv(tmp, index=False)
-    with atomic_path(md_path) as tmp:
+    with atomic_path(stage.outs.md) as tmp:
         tmp.write_text(markdown(table, machine))
-    plots.benchmarks(table, png_path)
+    plots.benchmarks(table, stage.outs.png)

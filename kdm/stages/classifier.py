@@ -1,7 +1,7 @@
 """classifier: train the image evaluator's feature extractor on the real data (not on any model's samples).
 
 Its penultimate layer is the feature space of FID/KID/precision/recall for experiments without the
-Inception network (kdm.fidelity); its accuracy on a held-out share of the real images is reported,
+Inception network (kdm.metrics); its accuracy on a held-out share of the real images is reported,
 and it scores conditional samples against the labels they were asked for (class_acc).
 """
 from __future__ import annotations
@@ -13,9 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from kdm import datasets
-from kdm.fidelity import accuracy
-from kdm.io import fingerprint, provenance, write_json
-from kdm.training import build, device, train_loop, write_run
+from kdm.device import device
+from kdm.io import write_json
+from kdm.metrics import accuracy
+from kdm.models import build
+from kdm.provenance import fingerprint, provenance
+from kdm.training import train_loop, write_run
 
 log = logging.getLogger("kdm.classifier")
 
@@ -40,5 +43,5 @@ def run(stage, P):
     result = {"heldout_accuracy": accuracy(ema, data.x[heldout], data.y[heldout]),
               "train_accuracy": accuracy(ema, x, y), "heldout": len(heldout), "train": len(train)}
     log.info("%s: %s", stage.name, result)
-    write_json(stage.metrics[0], {**result, "provenance": provenance()})
+    write_json(stage.metrics.metrics, {**result, "provenance": provenance()})
     write_run(stage, "classifier", kwargs, ema, data.shape, rows, P, started)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import logging
 
 from kdm import datasets
-from kdm.fidelity import resolve_extractor
-from kdm.frechet import inception_features, load_statistics, save_statistics, statistics
+from kdm.metrics import inception_features, load_statistics, resolve_extractor, save_statistics, statistics
 
 log = logging.getLogger("kdm.reference")
 
@@ -15,7 +14,7 @@ BATCH = 250         # images per Inception pass
 
 
 def run(stage, P):
-    extractor, (out,) = P["extractor"], stage.outs
+    extractor = P["extractor"]
     if "reference" in extractor:
         stats = load_statistics(extractor["reference"], "evaluate.extractor.reference")
         log.info("reference statistics from %s", extractor["reference"])
@@ -24,4 +23,4 @@ def run(stage, P):
         log.info("reference statistics of %d real images", len(real))     # (opens the data set: errors first)
         _, weights = resolve_extractor(extractor, classifier_pt=None)
         stats = statistics(inception_features(real, weights, BATCH))
-    save_statistics(out, stats)
+    save_statistics(stage.outs.stats, stats)

@@ -13,21 +13,20 @@ from pathlib import Path
 from kdm.config import imported
 from kdm.io import atomic_path
 from kdm.pairimport import import_pairs
+from kdm.models import load_model
 from kdm.pairset import PairSetError, gather
-from kdm.stages.pairs import pairs_meta, teacher_identity
-from kdm.training import load_model
+from kdm.sampling import pairs_meta, teacher_identity
 
 log = logging.getLogger("kdm.store")
 
 
 def run(stage, P):
-    *shards, model_pt = stage.deps
-    (out,) = stage.outs
+    model_pt, out = stage.deps.teacher, stage.outs.store
     if imported(P["pairs"]):
         store = import_store(model_pt, P, out)
     else:
         start = P["pairs"]["seed_start"]
-        store = gather(shards, out, expect_meta=pairs_meta(model_pt, P),
+        store = gather(stage.deps.shards, out, expect_meta=pairs_meta(model_pt, P),
                        expect_seeds=(start, start + P["pairs"]["count"]))
     log.info("store %s: %d pairs, seeds %s, arrays %s", out, len(store), store.manifest["seed_range"],
              {k: v["shape"] for k, v in store.manifest["arrays"].items()})

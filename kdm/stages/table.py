@@ -76,10 +76,9 @@ def _fmt(mean, std):
 
 
 def run(stage, P):
-    table = build(stage.deps)
-    csv_path, md_path = stage.outs
-    with atomic_path(csv_path) as tmp:
+    table = build(stage.deps.metrics)
+    with atomic_path(stage.outs.csv) as tmp:
         table.to_csv(tmp, index=False)
-    with atomic_path(md_path) as tmp:
+    with atomic_path(stage.outs.md) as tmp:
         tmp.write_text(markdown(table))
     log.info("table:\n%s", markdown(table))

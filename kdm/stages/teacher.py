@@ -6,8 +6,10 @@ import time
 
 from kdm import datasets, teachers
 from kdm.edm import edm_loss
-from kdm.io import fingerprint
-from kdm.training import ARCHS, build, device, rank_batch, ranks, train_loop, write_run
+from kdm.device import device, rank_batch, ranks
+from kdm.models import ARCHS, build
+from kdm.provenance import fingerprint
+from kdm.training import train_loop, write_run
 
 
 def run(stage, P):

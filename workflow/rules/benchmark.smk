@@ -4,13 +4,17 @@ if "benchmark" in config:
 
     rule benchmark:
         input:
-            [p.rstrip("/") for p in dag.benchmark(config).deps],
+            **dag.benchmark(config).deps,  # teachers, stores, students and their configs
         output:
-            dag.benchmark(config).outs,
-        params:
-            declared=dag.stage_params(config, dag.benchmark(config)),
+            csv="results/benchmarks.csv",
+            md="results/benchmarks.md",
+            png="results/benchmarks.png",
         log:
-            dag.benchmark(config).log,
+            "logs/benchmark.log",
+        conda:
+            "../envs/kdm.yaml"
         threads: workflow.cores
+        params:
+            benchmark=config["benchmark"],
         shell:
-            dag.benchmark(config).cmd
+            "python -m kdm benchmark"

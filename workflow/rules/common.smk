@@ -1,4 +1,4 @@
-# Shared by every rule: params validation and helpers that turn kdm.dag stages into rule fields.
+# Shared by every rule: params validation, and helpers that read a rule's params and resources from it.
 from snakemake.utils import validate
 
 from kdm import config as kdm_config
@@ -17,8 +17,10 @@ configfile: "params.yaml"
 
 validate(config, str(kdm_config.SCHEMA_PATH))
 if config != PARAMS:
-    raise ValueError("params.yaml: the jobs read params.yaml itself, so --config/--configfile overrides "
-                     "would be ignored; edit params.yaml (or run in another --directory) instead")
+    raise ValueError(
+        "params.yaml: the jobs read params.yaml itself, so --config/--configfile overrides "
+        "would be ignored; edit params.yaml (or run in another --directory) instead"
+    )
 
 # Threads of a training job (teacher, classifier, students). Small networks on CPU scale poorly with
 # threads (1.5-1.6x from 1 to 2 for the checkerboard MLPs and the digits UNets), so two trainings side by
@@ -34,20 +36,36 @@ PRIORITY = {"teacher": 4, "pairs": 3, "store": 3, "train_kdm": 2, "train_kd": 1}
 wildcard_constraints:
     exp="[a-z][a-z0-9-]*",
     shard=r"\d+",
-    model="|".join(dag.STUDENTS),
     seed=r"\d+",
 
 
-def files(paths):
-    """kdm.dag paths as Snakemake files: a trailing '/' marks a directory."""
-    return [directory(p.rstrip("/")) if p.endswith("/") else p for p in paths]
+def section(dotted):
+    """A params section of the job's experiment, e.g. section("evaluate.extractor"): the job re-runs when
+    it changes, as the DVC stage does (both declare what the stage reads; tests/test_rerun.py).
+    """
+    return lambda wc: kdm_config.section(config, f"{wc.exp}.{dotted}")
 
 
-def inputs(build):
-    """An input function: the deps of the stage `build(wildcards)` returns."""
-    return lambda wc: [p.rstrip("/") for p in build(wc).deps]
+def gpus(key):
+    """The GPUs of a training job (its params section's `gpus`, default 1): SLURM's --gpus."""
+    return lambda wc: dag.gpus(config, wc.exp, key)
 
 
-def declared_params(build):
-    """The params sections a stage reads; Snakemake re-runs the job when they change."""
-    return lambda wc: dag.stage_params(config, build(wc))
+def launch(key):
+    """How a training job starts: python, or torchrun with one process per GPU."""
+    return lambda wc: dag.launch(dag.gpus(config, wc.exp, key))
+
+
+def evaluator(wc):
+    """What an image experiment's evaluations read besides the models: the classifier and its metrics, or
+    the reference statistics (by params: evaluate.extractor.kind); nothing for 2-D data.
+    """
+    return dag.evaluator_deps(config, wc.exp)
+
+
+def shards(wc):
+    """The experiment's pair shards: none when its pairs are imported (pairs.source: import)."""
+    return [
+        f"results/{wc.exp}/pairs/shard-{i}"
+        for i in range(dag.shard_count(config, wc.exp))
+    ]

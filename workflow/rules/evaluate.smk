@@ -1,68 +1,69 @@
-# The evaluator (image experiments: a classifier trained on the real images and the evaluator's floor
-# on real data, or the real images' Inception statistics) and the evaluations. Evaluations take every core so that speed measurements run alone.
-
-
-rule classifier:
-    output:
-        files(dag.classifier("{exp}").outputs),
-    params:
-        declared=declared_params(lambda wc: dag.classifier(wc.exp)),
-    log:
-        dag.classifier("{exp}").log,
-    threads: TRAIN_THREADS
-    shell:
-        dag.classifier("{wildcards.exp}").cmd
-
-
-rule reference:
-    output:
-        files(dag.reference("{exp}").outputs),
-    params:
-        declared=declared_params(lambda wc: dag.reference(wc.exp)),
-    log:
-        dag.reference("{exp}").log,
-    threads: workflow.cores
-    shell:
-        dag.reference("{wildcards.exp}").cmd
+# Evaluations: the evaluator's floor on real images (classifier experiments), the teacher (whose samples
+# keep the evaluation noise), and each student on that noise. They take every core so that speed
+# measurements run alone.
 
 
 rule evaluate_data:
     input:
-        inputs(lambda wc: dag.evaluate_data(config, wc.exp)),
+        unpack(evaluator),
     output:
-        files(dag.evaluate_data(config, "{exp}").outputs),
-    params:
-        declared=declared_params(lambda wc: dag.evaluate_data(config, wc.exp)),
+        resampled="results/{exp}/eval/data-resampled/metrics.json",
+        halves="results/{exp}/eval/data-halves/metrics.json",
+        grid="results/{exp}/eval/data-resampled/samples.png",
     log:
-        dag.evaluate_data(config, "{exp}").log,
+        "logs/{exp}/evaluate-data.log",
+    conda:
+        "../envs/kdm.yaml"
     threads: workflow.cores
+    params:
+        data=section("data"),
+        evaluate=section("evaluate"),
     shell:
-        dag.evaluate_data(config, "{wildcards.exp}").cmd
+        "python -m kdm evaluate {wildcards.exp} data"
 
 
 rule evaluate_teacher:
     input:
-        inputs(lambda wc: dag.evaluate_teacher(config, wc.exp)),
+        unpack(evaluator),
+        teacher="results/{exp}/teacher/model.pt",
     output:
-        files(dag.evaluate_teacher(config, "{exp}").outputs),
-    params:
-        declared=declared_params(lambda wc: dag.evaluate_teacher(config, wc.exp)),
+        samples=directory("results/{exp}/eval/teacher/samples"),
+        metrics="results/{exp}/eval/teacher/metrics.json",
+        grid="results/{exp}/eval/teacher/samples.png",
     log:
-        dag.evaluate_teacher(config, "{exp}").log,
+        "logs/{exp}/evaluate-teacher.log",
+    conda:
+        "../envs/kdm.yaml"
     threads: workflow.cores
+    params:
+        data=section("data"),
+        sampler=section("sampler"),
+        evaluate=section("evaluate"),
     shell:
-        dag.evaluate_teacher(config, "{wildcards.exp}").cmd
+        "python -m kdm evaluate {wildcards.exp} teacher"
 
 
 rule evaluate_student:
     input:
-        inputs(lambda wc: dag.evaluate_student(config, wc.exp, wc.model, wc.seed)),
+        unpack(evaluator),
+        model="results/{exp}/{model}-s{seed}/model.pt",
+        config="results/{exp}/{model}-s{seed}/config.json",
+        teacher_samples="results/{exp}/eval/teacher/samples",
+        teacher="results/{exp}/teacher/model.pt",  # timed again beside the student
     output:
-        files(dag.evaluate_student(config, "{exp}", "{model}", "{seed}").outputs),
-    params:
-        declared=declared_params(lambda wc: dag.evaluate_student(config, wc.exp, wc.model, wc.seed)),
+        metrics="results/{exp}/eval/{model}-s{seed}/metrics.json",
+        grid="results/{exp}/eval/{model}-s{seed}/samples.png",
+        analysis="results/{exp}/eval/{model}-s{seed}/analysis.png",
     log:
-        dag.evaluate_student(config, "{exp}", "{model}", "{seed}").log,
+        "logs/{exp}/evaluate-{model}-s{seed}.log",
+    wildcard_constraints:
+        model="|".join(dag.STUDENTS),
+    conda:
+        "../envs/kdm.yaml"
     threads: workflow.cores
+    params:
+        data=section("data"),
+        sampler=section("sampler"),
+        evaluate=section("evaluate"),
     shell:
-        dag.evaluate_student(config, "{wildcards.exp}", "{wildcards.model}", "{wildcards.seed}").cmd
+        "python -m kdm evaluate {wildcards.exp} {wildcards.model} {wildcards.seed}"

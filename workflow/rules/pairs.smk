@@ -1,30 +1,38 @@
+# Teacher pairs, one job per shard of the seed range, gathered into the store (or imported into it).
+
+
 rule pairs:
-    priority: PRIORITY["pairs"]
     input:
-        inputs(lambda wc: dag.pairs(wc.exp, wc.shard)),
+        teacher="results/{exp}/teacher/model.pt",
     output:
-        files(dag.pairs("{exp}", "{shard}").outputs),
-    params:
-        declared=declared_params(lambda wc: dag.pairs(wc.exp, wc.shard)),
+        shard=directory("results/{exp}/pairs/shard-{shard}"),
     log:
-        dag.pairs("{exp}", "{shard}").log,
+        "logs/{exp}/pairs-{shard}.log",
+    priority: PRIORITY["pairs"]
+    conda:
+        "../envs/kdm.yaml"
     resources:
-        gpu=1,                                      # each shard samples on its own GPU (kdm.training.device)
+        gpu=1,  # each shard samples on its own GPU (kdm.device)
+    params:
+        sampler=section("sampler"),
+        pairs=section("pairs"),
     shell:
-        dag.pairs("{wildcards.exp}", "{wildcards.shard}").cmd
-
-
-def store_stage(wc):
-    return dag.store(wc.exp, dag.shard_count(config, wc.exp))
+        "python -m kdm pairs {wildcards.exp} {wildcards.shard}"
 
 
 rule store:
-    priority: PRIORITY["store"]
     input:
-        inputs(store_stage),
+        shards=shards,
+        teacher="results/{exp}/teacher/model.pt",
     output:
-        files(dag.store("{exp}", 0).outputs),
+        store=directory("results/{exp}/store"),
     log:
-        dag.store("{exp}", 0).log,
+        "logs/{exp}/store.log",
+    priority: PRIORITY["store"]
+    conda:
+        "../envs/kdm.yaml"
+    params:  # every shard (or the import) is checked against them
+        sampler=section("sampler"),
+        pairs=section("pairs"),
     shell:
-        dag.store("{wildcards.exp}", 0).cmd
+        "python -m kdm store {wildcards.exp}"

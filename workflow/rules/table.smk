@@ -1,9 +1,15 @@
+# The results table: every evaluation's metrics, mean and spread over training seeds, beside published rows.
+
+
 rule table:
     input:
-        dag.table(config).deps,
+        metrics=dag.table(config).deps.metrics,
     output:
-        dag.table(config).outs,
+        csv="results/table.csv",
+        md="results/table.md",
     log:
-        dag.table(config).log,
+        "logs/table.log",
+    conda:
+        "../envs/kdm.yaml"
     shell:
-        dag.table(config).cmd
+        "python -m kdm table"

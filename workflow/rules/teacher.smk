@@ -1,19 +1,24 @@
-def teacher_stage(wc):
-    return dag.teacher(wc.exp, dag.gpus(config, wc.exp, "teacher"))
+# The teacher: trained here, or converted once from EDM's pickles or diffusers.
 
 
 rule teacher:
-    priority: PRIORITY["teacher"]
     output:
-        files(dag.teacher("{exp}").outputs),
-    params:
-        declared=declared_params(teacher_stage),
-        cmd=lambda wc: teacher_stage(wc).cmd,       # torchrun when it trains on several GPUs
+        model="results/{exp}/teacher/model.pt",
+        config="results/{exp}/teacher/config.json",
+        losses="results/{exp}/teacher/train.csv",
+        loss_curve="results/{exp}/teacher/loss.png",
     log:
-        dag.teacher("{exp}").log,
+        "logs/{exp}/teacher.log",
+    priority: PRIORITY["teacher"]
+    conda:
+        "../envs/kdm.yaml"
     threads: TRAIN_THREADS
     resources:
-        gpu=lambda wc: dag.gpus(config, wc.exp, "teacher"),
-        nodes=1,                                    # torchrun --standalone: all of a job's GPUs on one node
+        gpu=gpus("teacher"),
+        nodes=1,  # torchrun --standalone: all of a job's GPUs on one node
+    params:
+        data=section("data"),
+        teacher=section("teacher"),
+        launch=launch("teacher"),  # torchrun when it trains on several GPUs
     shell:
-        "{params.cmd}"
+        "{params.launch} teacher {wildcards.exp}"

@@ -1,35 +1,50 @@
-def train_stage(model):
-    return lambda wc: dag.train(wc.exp, model, wc.seed, dag.gpus(config, wc.exp, model))
+# The students, one job per (student, training seed): kdm (which also draws its operator's spectrum) and kd.
 
 
-def train_cmd(model):
-    return lambda wc: train_stage(model)(wc).cmd
+rule train_kdm:
+    input:
+        store="results/{exp}/store",
+    output:
+        model="results/{exp}/kdm-s{seed}/model.pt",
+        config="results/{exp}/kdm-s{seed}/config.json",
+        losses="results/{exp}/kdm-s{seed}/train.csv",
+        loss_curve="results/{exp}/kdm-s{seed}/loss.png",
+        spectrum="results/{exp}/kdm-s{seed}/spectrum.png",
+    log:
+        "logs/{exp}/train-kdm-s{seed}.log",
+    priority: PRIORITY["train_kdm"]
+    conda:
+        "../envs/kdm.yaml"
+    threads: TRAIN_THREADS
+    resources:
+        gpu=gpus("kdm"),
+        nodes=1,  # torchrun --standalone: all of a job's GPUs on one node
+    params:
+        kdm=section("kdm"),
+        launch=launch("kdm"),  # torchrun when it trains on several GPUs
+    shell:
+        "{params.launch} train {wildcards.exp} kdm {wildcards.seed}"
 
 
-def train_gpus(model):
-    return lambda wc: dag.gpus(config, wc.exp, model)
-
-
-# One rule per student kind: their outputs differ (a KDM run also draws its operator's spectrum).
-for model in dag.STUDENTS:
-
-    rule:
-        name:
-            f"train_{model}"
-        input:
-            inputs(train_stage(model)),
-        output:
-            files(dag.train("{exp}", model, "{seed}").outputs),
-        params:
-            declared=declared_params(train_stage(model)),
-            # functions bound here: a shell directive in a loop sees the loop variable's last value when it runs
-            cmd=train_cmd(model),                   # torchrun when it trains on several GPUs
-        log:
-            dag.train("{exp}", model, "{seed}").log,
-        threads: TRAIN_THREADS
-        priority: PRIORITY[f"train_{model}"]
-        resources:
-            gpu=train_gpus(model),
-            nodes=1,                                # torchrun --standalone: all of a job's GPUs on one node
-        shell:
-            "{params.cmd}"
+rule train_kd:
+    input:
+        store="results/{exp}/store",
+    output:
+        model="results/{exp}/kd-s{seed}/model.pt",
+        config="results/{exp}/kd-s{seed}/config.json",
+        losses="results/{exp}/kd-s{seed}/train.csv",
+        loss_curve="results/{exp}/kd-s{seed}/loss.png",
+    log:
+        "logs/{exp}/train-kd-s{seed}.log",
+    priority: PRIORITY["train_kd"]
+    conda:
+        "../envs/kdm.yaml"
+    threads: TRAIN_THREADS
+    resources:
+        gpu=gpus("kd"),
+        nodes=1,
+    params:
+        kd=section("kd"),
+        launch=launch("kd"),
+    shell:
+        "{params.launch} train {wildcards.exp} kd {wildcards.seed}"

@@ -1,0 +1,117 @@
+"""Sampling with a teacher: pair arrays for a seed range (x_T from per-seed noise, x_0 from the Heun ODE solver),
+what a pair set records of its teacher, and how long a model takes per sample."""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from kdm.device import device
+from kdm.edm import edm_sampler, seed_labels, seed_noise
+from kdm.io import atomic_path, sha256_file
+from kdm.models import load_model
+
+log = logging.getLogger("kdm.sampling")
+
+
+def teacher_identity(model_pt, net=None) -> dict:
+    """What pairs record of their teacher (shards from different teachers never gather), and whether
+    it is class-conditional (label_dim > 0: the pairs carry labels). `net`: the teacher, if already loaded."""
+    net = load_model(model_pt) if net is None else net
+    return {"path": str(model_pt), "sha256": sha256_file(model_pt), "label_dim": net.label_dim}
+
+
+def pairs_meta(model_pt, P, net=None) -> dict:
+    """What a pair set records of how it was made; the store checks every shard against it."""
+    return {"teacher": teacher_identity(model_pt, net), "sampler": P["sampler"], "batch": P["pairs"]["batch"]}
+
+
+def sample(net, seeds: np.ndarray, sampler: dict, batch: int, desc: str, partial: Path | None = None,
+           run_id: str = "") -> dict:
+    """Pair arrays for `seeds`: x_T = sigma_max * eps(seed), x_0 = Heun ODE solution, in batches; for a
+    conditional teacher also the class label each seed requests (kdm.edm.seed_labels).
+
+    A short last batch is padded to `batch` rows: CPU matmul kernels differ for very small batches
+    (last-bit differences), so padding makes each pair independent of where the seed range ends and
+    thus byte-identical for any shard count at a fixed batch size. With `partial` (a directory of its
+    own), each finished batch is saved there and a rerun with the same `run_id` reuses them.
+    """
+    shape, on = net.data_shape, next(net.parameters()).device
+    xT = np.empty((len(seeds),) + shape, np.float32)
+    x0 = np.empty_like(xT)
+    labels = seed_labels(seeds, net.label_dim) if net.label_dim else None
+    done = _resume(partial, run_id) if partial else set()
+    for lo in tqdm(range(0, len(seeds), batch), desc=desc, mininterval=2.0):
+        hi = min(lo + batch, len(seeds))
+        noise = sampler["sigma_max"] * seed_noise(seeds[lo:hi], shape)
+        xT[lo:hi] = noise.numpy()
+        if lo in done:
+            x0[lo:hi] = np.load(partial / f"{lo:012d}.npy")
+            continue
+        padded = torch.cat([noise, noise[-1:].expand(batch - len(noise), *shape)])
+        y = None if labels is None else torch.from_numpy(np.pad(labels[lo:hi], (0, batch - (hi - lo)), mode="edge"))
+        y = None if y is None else y.to(on)
+        x0[lo:hi] = edm_sampler(net, padded.to(on), sampler["steps"], sampler["sigma_min"], sampler["sigma_max"],
+                                sampler["rho"], labels=y)[:hi - lo].cpu().numpy()
+        if partial:
+            with atomic_path(partial / f"{lo:012d}.npy") as tmp, open(tmp, "wb") as f:
+                np.save(f, x0[lo:hi])
+    if done:
+        log.info("%s: resumed; %d of %d batches were already done", desc, len(done), -(-len(seeds) // batch))
+    return {"x0": x0, "xT": xT, "seeds": seeds} | ({} if labels is None else {"labels": labels})
+
+
+def _resume(partial: Path, run_id: str) -> set[int]:
+    """Start offsets of the batches already saved in `partial` for this exact run; else start it clean."""
+    if not partial.name.endswith(".partial"):
+        raise ValueError(f"{partial}: a resume directory must be named *.partial")   # never clear anything else
+    stamp = partial / "run_id"
+    if stamp.is_file() and stamp.read_text() == run_id:
+        return {int(f.stem) for f in partial.glob("[0-9]*.npy")}
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    stamp.write_text(run_id)
+    return set()
+
+
+
+def speed(sample_fn, shape, ev: dict) -> float:
+    x_T = torch.randn((ev["speed_batch"],) + tuple(shape), generator=torch.Generator().manual_seed(0))
+    return ms_per_sample(sample_fn, x_T.to(device()), ev["speed_repeats"])
+
+
+def speed_labels(net, ev: dict):
+    """The classes a conditional model is asked for in the speed batch: 0, 1, 2, ... in turn."""
+    return torch.arange(ev["speed_batch"], device=device()) % net.label_dim if net.label_dim else None
+
+
+def teacher_speed(net, sampler: dict, ev: dict) -> float:
+    """ms per sample of the teacher's Heun sampler (2 * steps - 1 network evaluations)."""
+    labels = speed_labels(net, ev)
+
+    def sample_fn(x_T):
+        return edm_sampler(net, x_T, sampler["steps"], sampler["sigma_min"], sampler["sigma_max"], sampler["rho"],
+                           labels=labels)
+    return speed(sample_fn, net.data_shape, ev)
+
+
+@torch.inference_mode()
+def ms_per_sample(sample_fn, x_T: torch.Tensor, repeats: int) -> float:
+    """Median wall time of sample_fn(x_T) over `repeats` calls after one warm-up, per sample, in ms
+    (on a GPU, until its work has finished)."""
+    sync = torch.cuda.synchronize if x_T.is_cuda else (lambda: None)
+    sample_fn(x_T)
+    times = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        sample_fn(x_T)
+        sync()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1e3 / len(x_T)
