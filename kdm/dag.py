@@ -225,7 +225,8 @@ def evaluations(params, exp):
 def table(params):
     metrics = [m for exp in params["experiments"] for s in evaluations(params, exp) for m in s.metrics.paths()]
     return Stage(name="table", cmd="python -m kdm table", deps=Files(metrics=metrics),
-                 outs=Files(csv="results/table.csv", md="results/table.md"), params=(), log="logs/table.log")
+                 outs=Files(csv="results/table.csv", md="results/table.md"), params=("experiments",),
+                 log="logs/table.log")
 
 
 BENCHMARK_DVC = "workflow/benchmark/dvc.yaml"     # apart from dvc.yaml: a plain `dvc repro` does not run it

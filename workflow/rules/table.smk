@@ -11,5 +11,7 @@ rule table:
         "logs/table.log",
     conda:
         "../envs/kdm.yaml"
+    params:  # an experiment dropped from the list leaves the table too
+        experiments=config["experiments"],
     shell:
         "python -m kdm table"
