@@ -1,5 +1,5 @@
 """Real diffusion teachers, converted once into this project's format: a state dict plus JSON-able kwargs
-(kdm.training.save_model), so later stages load them with torch.load(weights_only=True) and no foreign code.
+(kdm.models.save_model), so later stages load them with torch.load(weights_only=True) and no foreign code.
 
 - EDM network pickles (NVlabs/edm, e.g. edm-cifar10-32x32-uncond-vp.pkl): a dict whose 'ema' is a persistent
   EDMPrecond(SongUNet) that carries its own source code. Unpickling runs that code, so a file is only opened
@@ -36,7 +36,7 @@ EDM_IGNORED = ("use_fp16", "label_dropout", "sigma_min", "sigma_max")
 
 @dataclass
 class Converted:
-    """A real teacher in this project's format: kdm.training.ARCHS[arch](**kwargs) loads `state` strictly."""
+    """A real teacher in this project's format: kdm.models.ARCHS[arch](**kwargs) loads `state` strictly."""
     arch: str
     kwargs: dict
     state: dict
@@ -45,7 +45,7 @@ class Converted:
 
 
 def edm_teacher_kwargs(class_name: str, init_kwargs: dict, where: str = "teacher") -> dict:
-    """kdm.training._teacher kwargs for an EDM network with these constructor arguments; other EDM
+    """kdm.models.edm_teacher kwargs for an EDM network with these constructor arguments; other EDM
     architectures or preconditionings raise ValueError naming the argument."""
     if class_name != "EDMPrecond":
         raise ValueError(f"{where}.path: the network is EDM's {class_name}; only EDMPrecond (EDM preconditioning) "
