@@ -85,10 +85,16 @@ def resolve_stage(params: dict, a) -> dag.Stage:
         if "benchmark" not in params:
             raise config.ParamsError(f"benchmark: {a.params} has no benchmark section; expected one as in the "
                                      "shipped params.yaml")
+        if not dag.benchmark(params).args["experiments"]:
+            raise config.ParamsError(f"benchmark: experiments in {a.params} lists no image experiment; the benchmark "
+                                     "measures the teachers and students of image experiments")
         return dag.benchmark(params)
     if a.command == "table":
         return dag.table(params)
     _check_experiment(params, a.exp, a.params)
+    if a.command == "evaluate" and (a.seed is None) != (a.model in ("data", "teacher")):
+        raise config.ParamsError(f"evaluate {a.exp} {a.model}: " + (f"the {a.model} has no training seed, got {a.seed}"
+                                 if a.seed is not None else "a training seed is required"))
     name = stage_name(a)
     known = {s.name: s for s in dag.experiment_stages(params, a.exp)}
     if name not in known:

@@ -112,8 +112,8 @@ def reference(exp):
 
 
 def evaluator_deps(params, exp) -> Files:
-    """What an evaluation reads besides its model (always its last deps): for images, the classifier and its
-    held-out accuracy, or the Inception reference statistics (kdm.metrics.Quality reads them by name)."""
+    """What an evaluation reads besides its model: for images, the classifier and its held-out accuracy, or
+    the Inception reference statistics (kdm.metrics.Quality reads them by name)."""
     if not images(params, exp):
         return Files()
     if not has_classifier(params, exp):

@@ -136,7 +136,7 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
     `optim["max_nonfinite_steps"]` steps raises NonFiniteLoss, leaving the last good checkpoint.
     `batch_losses` draws its batch and any noise from the generator it is given, so the run is a pure
     function of `seed`. Every `optim["checkpoint_every"]` steps the model, EMA, optimiser and RNG
-    states go to `checkpoint`; a later call with the same `run_id` (kdm.io.fingerprint of what the run
+    states go to `checkpoint`; a later call with the same `run_id` (kdm.provenance.fingerprint of what the run
     depends on) resumes there and ends with bitwise the same weights as an uninterrupted run.
 
     Speed options in `optim`, all off by default: `precision: bf16` runs `batch_losses` under bf16 autocast
@@ -145,7 +145,7 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
     the model's networks in place (saved weights stay plain state dicts).
 
     Under torchrun (WORLD_SIZE > 1) every rank runs this loop: the model is wrapped in DDP (gradients
-    averaged over ranks; companions average theirs with `average_gradients`), each rank draws its batches
+    averaged over ranks; companions average theirs with `kdm.optim.average_gradients`), each rank draws its batches
     and noise from its own generator seeded by (seed, rank) - a different, still deterministic, run than
     one process's - and logs the mean of the ranks' losses; rank 0 alone writes checkpoints, holding every
     rank's RNG states, and all ranks resume from them. The run id includes the number of ranks.

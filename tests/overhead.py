@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))      # run as a script: the tests' workspace module beside it
-from workspace import Workspace, tiny  # noqa: E402
+from workspace import Workspace, shipped, tiny  # noqa: E402
 
 from kdm import dag  # noqa: E402
 from kdm.io import atomic_path  # noqa: E402
@@ -54,6 +54,8 @@ def main(argv=None) -> None:
     p.add_argument("--shards", type=int, default=64, help="pair shards in the dry runs (default: 64)")
     p.add_argument("--out", default="results/overhead", help="writes OUT.csv and OUT.md")
     a = p.parse_args(argv)
+    if a.experiment not in shipped() or shipped()[a.experiment]["data"]["kind"] not in ("checkerboard", "digits"):
+        p.error(f"--experiment {a.experiment}: expected a shipped embedded experiment (checkerboard or digits data)")
     with tempfile.TemporaryDirectory(prefix="kdm-overhead-") as tmp:
         table = measure(a.experiment, a.shards, Path(tmp))
     out = Path(a.out)

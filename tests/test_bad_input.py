@@ -5,8 +5,7 @@ import copy
 import pytest
 
 from conftest import tiny_digits, tiny_params
-from workspace import TINY_UNET
-from workspace import Workspace
+from workspace import TINY_UNET, Workspace
 
 pytestmark = pytest.mark.e2e
 

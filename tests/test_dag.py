@@ -59,3 +59,23 @@ def test_each_stage_declares_only_its_own_sections(params):
 def test_stage_params_are_exactly_the_declared_sections(params):
     stage = dag.train("checkerboard", "kdm", 0)
     assert dag.stage_params(params, stage) == {"kdm": params["checkerboard"]["kdm"]}
+
+
+def test_the_cli_runs_only_stages_the_params_have(tmp_path, params, capsys, monkeypatch):
+    """A command line the DAG has no stage for exits 2 with a message naming what is wrong, before any work."""
+    from kdm.__main__ import main
+    params["benchmark"] = config.load(ROOT / "params.yaml")["benchmark"]
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    cases = {("evaluate", "checkerboard", "kdm"): "a training seed is required",
+             ("evaluate", "checkerboard", "teacher", "0"): "the teacher has no training seed, got 0",
+             ("train", "checkerboard", "kdm", "7"): "checkerboard-train-kdm-s7: ",
+             ("pairs", "checkerboard", "9"): "pairs.shards 2",
+             ("classifier", "checkerboard"): "data.kind 'checkerboard'",
+             ("benchmark",): "lists no image experiment"}
+    for argv, fragment in cases.items():
+        assert main(["--params", str(path), *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert fragment in err, (argv, err)
+    assert [p.name for p in tmp_path.iterdir()] == ["params.yaml"]        # no log, no results

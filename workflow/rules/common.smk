@@ -66,6 +66,6 @@ def evaluator(wc):
 def shards(wc):
     """The experiment's pair shards: none when its pairs are imported (pairs.source: import)."""
     return [
-        f"results/{wc.exp}/pairs/shard-{i}"
+        dag.shard_dir(wc.exp, i).rstrip("/")
         for i in range(dag.shard_count(config, wc.exp))
     ]
