@@ -22,15 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
-from torch_fidelity import calculate_metrics, register_feature_extractor
-from torch_fidelity.feature_extractor_base import FeatureExtractorBase
-from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
-from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
-from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
 from kdm.device import device
 from kdm.io import atomic_path, read_json, sha256_file
 from kdm.models import load_model
+
+# torch-fidelity is imported inside the functions that use it: importing it costs about 1 s a process, which
+# the 2-D evaluations and the classifier stage (accuracy only) do not need to pay
 
 INCEPTION = "inception-v3-compat"
 INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
@@ -97,6 +95,10 @@ def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
 def register_classifier(model_pt) -> str:
     """Register the classifier saved at `model_pt` (kdm.models.save_model) with torch-fidelity and
     return its name, `kdm-classifier-<sha256 prefix>`; registering the same weights again is a no-op."""
+    from torch_fidelity import register_feature_extractor
+    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
     name = f"kdm-classifier-{sha256_file(model_pt)[:16]}"
     if name in FEATURE_EXTRACTORS_REGISTRY:
         return name
@@ -148,6 +150,7 @@ def resolve_extractor(spec: dict, classifier_pt) -> tuple[str, str | None]:
 def fidelity_metrics(generated: torch.Tensor, reference: torch.Tensor, extractor: str, weights: str | None = None,
                      kid_subset: int = 1000, prc_neighborhood: int = 3) -> dict:
     """FID, KID (mean), precision and recall of `generated` against `reference` images, no caching."""
+    from torch_fidelity import calculate_metrics
     as_read = to_uint8_rgb if extractor == INCEPTION else None
     m = calculate_metrics(input1=Images(generated, as_read), input2=Images(reference, as_read), feature_extractor=extractor,
                           feature_extractor_weights_path=weights, fid=True, kid=True, prc=True,
@@ -165,6 +168,7 @@ def accuracy(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor) 
 
 def inception_features(images, weights: str, batch: int) -> torch.Tensor:
     """(n, 2048) float32 features of a Dataset (or tensor) of [-1, 1] float images."""
+    from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
     cuda = device().type == "cuda"
     net = create_feature_extractor(INCEPTION, [FEATURES], cuda=cuda, feature_extractor_weights_path=weights,
                                    verbose=False)
@@ -206,6 +210,8 @@ def load_statistics(path, where: str) -> dict:
 
 def fid(generated: dict, reference: dict) -> float:
     """FID between two sets of statistics (torch-fidelity's computation)."""
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+
     return fid_statistics_to_metric(generated, reference, verbose=False)[KEY_METRIC_FID]
 
 
