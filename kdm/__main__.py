@@ -85,10 +85,11 @@ def resolve_stage(params: dict, a) -> dag.Stage:
         if "benchmark" not in params:
             raise config.ParamsError(f"benchmark: {a.params} has no benchmark section; expected one as in the "
                                      "shipped params.yaml")
-        if not dag.benchmark(params).args["experiments"]:
+        stage = dag.benchmark(params)
+        if not stage.args["experiments"]:
             raise config.ParamsError(f"benchmark: experiments in {a.params} lists no image experiment; the benchmark "
                                      "measures the teachers and students of image experiments")
-        return dag.benchmark(params)
+        return stage
     if a.command == "table":
         return dag.table(params)
     _check_experiment(params, a.exp, a.params)

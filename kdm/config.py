@@ -4,6 +4,7 @@ Kept free of torch so that Snakemake and the DVC-file generator import it in mil
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import jsonschema
@@ -32,7 +33,9 @@ def imported(pairs: dict) -> bool:
     return pairs.get("source", "teacher") == "import"
 
 
+@functools.cache
 def load_schema() -> dict:
+    """params.schema.yaml, parsed once per process (UNET_KINDS and every validation read it)."""
     return yaml.safe_load(SCHEMA_PATH.read_text())
 
 

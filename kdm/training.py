@@ -20,9 +20,9 @@ from tqdm import tqdm
 from kdm import plots
 from kdm.device import rank_batch, ranks
 from kdm.io import atomic_path, write_json
-from kdm.provenance import provenance
 from kdm.models import build, save_model
 from kdm.optim import adam, step
+from kdm.provenance import provenance
 from kdm.students import Adversary, rec_loss
 
 log = logging.getLogger("kdm.train")

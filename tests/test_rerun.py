@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, tiny_digits, tiny_params
-from workspace import Workspace
+from workspace import Workspace, dvc_stages
 
 pytestmark = pytest.mark.e2e
 
@@ -119,12 +119,8 @@ def _at(node, path):
 
 
 def stages(ws_path: Path) -> dict[str, dict]:
-    """dvc.yaml's stages: name -> cmd, deps and outputs (outs, metrics and plots)."""
-    def paths(entries):
-        return [next(iter(e)) if isinstance(e, dict) else e for e in entries]
-    return {name: {"cmd": s["cmd"], "deps": paths(s.get("deps", [])),
-                   "outs": paths(s.get("outs", []) + s.get("metrics", []) + s.get("plots", []))}
-            for name, s in yaml.safe_load((ws_path / "dvc.yaml").read_text())["stages"].items()}
+    """The workspace's dvc.yaml stages: name -> cmd, deps and outputs."""
+    return dvc_stages(yaml.safe_load((ws_path / "dvc.yaml").read_text()))
 
 
 def named(cmds: set[str], names: dict[str, str]):

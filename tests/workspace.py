@@ -99,9 +99,15 @@ def snakemake_jobs(dry_run_output: str) -> set[tuple]:
     return jobs
 
 
-def dvc_jobs(dvc_yaml: dict) -> set[tuple]:
+def dvc_stages(dvc_yaml: dict) -> dict[str, dict]:
+    """A dvc.yaml's stages: name -> cmd, deps and outputs (outs, metrics and plots)."""
     def paths(entries):
-        return frozenset(next(iter(e)) if isinstance(e, dict) else e for e in entries)
-    return {(s["cmd"], paths(s.get("deps", [])),
-             paths(s.get("outs", []) + s.get("metrics", []) + s.get("plots", [])))
-            for s in dvc_yaml["stages"].values()}
+        return [next(iter(e)) if isinstance(e, dict) else e for e in entries]
+    return {name: {"cmd": s["cmd"], "deps": paths(s.get("deps", [])),
+                   "outs": paths(s.get("outs", []) + s.get("metrics", []) + s.get("plots", []))}
+            for name, s in dvc_yaml["stages"].items()}
+
+
+def dvc_jobs(dvc_yaml: dict) -> set[tuple]:
+    """(shell command, inputs, outputs) of each stage of a dvc.yaml, as snakemake_jobs reads Snakemake's."""
+    return {(s["cmd"], frozenset(s["deps"]), frozenset(s["outs"])) for s in dvc_stages(dvc_yaml).values()}
