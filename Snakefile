@@ -6,6 +6,7 @@ min_version("8.0")
 
 
 include: "workflow/rules/common.smk"  # checks params.yaml, then loads it as the config
+include: "workflow/rules/check.smk"
 include: "workflow/rules/evaluator.smk"
 include: "workflow/rules/teacher.smk"
 include: "workflow/rules/pairs.smk"
@@ -19,3 +20,4 @@ rule all:
     default_target: True
     input:
         rules.table.output,
+        rules.check.output,

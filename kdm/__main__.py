@@ -11,6 +11,7 @@
     python -m kdm table
     python -m kdm benchmark               # speed, memory and scale: results/benchmarks.{csv,md,png}
     python -m kdm dvc-yaml [--check]      # (re)generate dvc.yaml (and workflow/benchmark/dvc.yaml) from params.yaml
+    python -m kdm check                   # params.yaml and the files it names: the first stage of both DAGs
     python -m kdm verify EXP              # full sha256 check of the pair shards, store and teacher samples
 
 Pair sets are checked on every open: a fast check (sizes, headers, hashes of each array's first and
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -57,6 +59,8 @@ def _parser():
     sub.add_parser("table")
     sub.add_parser("benchmark")
     sub.add_parser("verify", help="check every pair set of an experiment byte by byte").add_argument("exp")
+    sub.add_parser("check", help="check params.yaml, the files it names and (under DVC) dvc.yaml; write "
+                   f"{dag.CHECKED}")
     s = sub.add_parser("dvc-yaml", help="write dvc.yaml for params.yaml's experiments (and the benchmark's)")
     s.add_argument("--check", action="store_true", help="only check that the DVC files are up to date")
     return p
@@ -115,6 +119,8 @@ def main(argv=None) -> int:
         params = config.load(a.params)
         if a.command == "dvc-yaml":
             return _dvc_yaml(params, a.check)
+        if a.command == "check":
+            return _check(params, a.params)
         if a.command == "verify":
             _check_experiment(params, a.exp, a.params)
             return _verify(params, a.exp)
@@ -150,6 +156,21 @@ def _verify(params, exp) -> int:
             failed += 1
             print(f"{d}: FAILED: {e}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _check(params, source) -> int:
+    """The check stage (kdm.dag.check): the params are valid (loaded), the files they name exist, and under
+    DVC the DAG it runs is the one these params give (a stale dvc.yaml would run other stages)."""
+    config.check_files(params, source)
+    if "DVC_STAGE" in os.environ and _dvc_yaml(params, check=True):
+        return 2
+    stage = dag.check()
+    setup_logging(stage.log)
+    with atomic_path(stage.outs.checked) as tmp:
+        tmp.write_text(f"{source} and the files it names passed `{stage.cmd}`; the stages that read them depend "
+                       "on this file (kdm/dag.py, check)\n")
+    log.info("%s: valid; the %d files it names exist", source, len(config.named_files(params)))
+    return 0
 
 
 def _dvc_yaml(params, check: bool) -> int:

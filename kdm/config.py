@@ -175,6 +175,32 @@ def _check_networks(source: str, name: str, exp: dict) -> None:
         fail("kdm.loss_weights.adv", "set, but there is no kdm.adversary to train against")
 
 
+# The schema's marks for files the params name: what each must be on disk.
+FILE_FORMATS = {"local-file": (Path.is_file, "a file"), "local-dir": (Path.is_dir, "a folder"),
+                "local-path": (Path.exists, "a file or folder")}
+
+
+def named_files(params: dict) -> list[tuple[str, str, str]]:
+    """(dotted key, path, format) of every file the experiments in `experiments` name, found through the
+    schema's `format` marks (only in the branches that apply, e.g. teacher.path only for a loaded teacher)."""
+    checker = jsonschema.FormatChecker(())
+    for fmt in FILE_FORMATS:        # every mark "fails", so the validator reports each one with its key
+        checker.checks(fmt)(lambda instance: False)
+    validator = jsonschema.Draft202012Validator(load_schema(), format_checker=checker)
+    listed = set(params["experiments"])
+    return sorted((_dotted(e.absolute_path), e.instance, e.validator_value) for e in validator.iter_errors(params)
+                  if e.validator == "format" and e.absolute_path and e.absolute_path[0] in listed)
+
+
+def check_files(params: dict, source: str = "params.yaml") -> None:
+    """Raise ParamsError naming every file the experiments read that is not there (relative paths are from
+    the project directory), so that neither tool starts, and removes the outputs of, a stage that would fail."""
+    missing = [f"{source}: {key}: {path} {'is not' if Path(path).exists() else 'does not exist; expected'} "
+               f"{FILE_FORMATS[fmt][1]}" for key, path, fmt in named_files(params) if not FILE_FORMATS[fmt][0](Path(path))]
+    if missing:     # all of them at once: a preset names several
+        raise ParamsError("\n".join(missing) + "\n(the pipeline downloads nothing: README, Paper scale)")
+
+
 def load(path: str | Path = "params.yaml") -> dict:
     path = Path(path)
     try:

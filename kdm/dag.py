@@ -53,6 +53,7 @@ class Stage:
     metrics: Files = field(default_factory=Files)   # JSON metrics (outputs, not cached by DVC)
     plots: Files = field(default_factory=Files)     # CSV / PNG plots (outputs, not cached by DVC)
     scratch: str = ""                          # resumable partial work (not an output; kept across kills)
+    persist: bool = False                      # DVC leaves the outs in place while the command runs
     args: dict = field(default_factory=dict, compare=False)  # the wildcard values
 
     @property
@@ -63,6 +64,20 @@ class Stage:
     def scratch_path(self) -> Path | None:
         """Where the stage keeps resumable progress; None when it has no such place (never the cwd)."""
         return Path(self.scratch) if self.scratch else None
+
+
+CHECKED = "results/params.checked"
+
+
+def check():
+    """`python -m kdm check`: params.yaml and the files it names, checked before any stage that reads them
+    runs. DVC removes a stage's outputs before running its command; every stage without another stage
+    upstream depends on the check's marker file, so DVC runs the check first and stops there on bad params.
+    The marker's bytes never change (it persists, and is written only after a passing check), so a re-check
+    re-runs nothing downstream. Snakemake checks at parse time, before any job: its rules do not depend on
+    the marker, which its `check` rule writes only so that DVC can adopt its results."""
+    return Stage(name="check", cmd="python -m kdm check", deps=Files(params="params.yaml"),
+                 outs=Files(checked=CHECKED), params=(), log="logs/check.log", persist=True)
 
 
 def _run_dir(exp, run):
@@ -99,13 +114,13 @@ def shard_count(params, exp) -> int:
 
 def classifier(exp):
     files = model_files(exp, "classifier")
-    return Stage(name=f"{exp}-classifier", cmd=f"python -m kdm classifier {exp}", deps=Files(),
+    return Stage(name=f"{exp}-classifier", cmd=f"python -m kdm classifier {exp}", deps=Files(checked=CHECKED),
                  params=(f"{exp}.data", f"{exp}.classifier"), log=f"logs/{exp}/classifier.log",
                  metrics=Files(metrics=f"results/{exp}/classifier/metrics.json"), args=dict(exp=exp), **files)
 
 
 def reference(exp):
-    return Stage(name=f"{exp}-reference", cmd=f"python -m kdm reference {exp}", deps=Files(),
+    return Stage(name=f"{exp}-reference", cmd=f"python -m kdm reference {exp}", deps=Files(checked=CHECKED),
                  outs=Files(stats=f"results/{exp}/reference/stats.npz"),
                  params=(f"{exp}.data", f"{exp}.evaluate.extractor"), log=f"logs/{exp}/reference.log",
                  args=dict(exp=exp))
@@ -133,7 +148,7 @@ def launch(gpus: int) -> str:
 
 
 def teacher(exp, gpus=1):
-    return Stage(name=f"{exp}-teacher", cmd=f"{launch(gpus)} teacher {exp}", deps=Files(),
+    return Stage(name=f"{exp}-teacher", cmd=f"{launch(gpus)} teacher {exp}", deps=Files(checked=CHECKED),
                  params=(f"{exp}.data", f"{exp}.teacher"), log=f"logs/{exp}/teacher.log",
                  args=dict(exp=exp), **model_files(exp, "teacher"))
 
@@ -259,7 +274,7 @@ def experiment_stages(params, exp) -> list[Stage]:
 
 def stages(params) -> list[Stage]:
     """Every stage of the default run, in topological order."""
-    return [s for exp in params["experiments"] for s in experiment_stages(params, exp)] + [table(params)]
+    return [check()] + [s for exp in params["experiments"] for s in experiment_stages(params, exp)] + [table(params)]
 
 
 def stage_params(params, stage: Stage) -> dict:
@@ -277,8 +292,9 @@ def _dvc_stage(s: Stage) -> dict:
         entry["deps"] = [_strip(d) for d in s.deps.paths()]
     if s.params:
         entry["params"] = list(s.params)
-    if s.outs:
-        entry["outs"] = [_strip(o) for o in s.outs.paths()]
+    if s.outs:      # a persistent marker is not worth caching
+        entry["outs"] = [{_strip(o): {"persist": True, "cache": False}} if s.persist else _strip(o)
+                         for o in s.outs.paths()]
     if s.metrics:
         entry["metrics"] = [{m: {"cache": False}} for m in s.metrics.paths()]
     if s.plots:     # CSV loss logs plot against their step column (`dvc plots show`)

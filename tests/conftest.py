@@ -16,6 +16,12 @@ def tiny_digits(name: str = "digits-cond") -> dict:
     return tiny(name)
 
 
+def both_kinds() -> dict:
+    """The tiny checkerboard and conditional digits experiments together: a vector and an image experiment."""
+    p, d = tiny_params(), tiny_digits("digits-cond")
+    return {"experiments": p["experiments"] + d["experiments"], **{k: v for k, v in (p | d).items() if k != "experiments"}}
+
+
 @pytest.fixture
 def params():
     return tiny_params()

@@ -4,26 +4,15 @@ import copy
 
 import pytest
 
-from conftest import tiny_digits, tiny_params
+from conftest import both_kinds, tiny_params
+import workspace
 from workspace import TINY_UNET, Workspace
 
 pytestmark = pytest.mark.e2e
 
 
-def both_kinds() -> dict:
-    """The tiny checkerboard and conditional digits experiments together: every case below runs on them."""
-    p, d = tiny_params(), tiny_digits("digits-cond")
-    return {"experiments": p["experiments"] + d["experiments"], **{k: v for k, v in (p | d).items() if k != "experiments"}}
-
-
 def set_key(path, value):
-    def mutate(p):
-        *parents, last = path.split(".")
-        node = p
-        for k in parents:
-            node = node[k]
-        node[last] = value
-    return mutate
+    return lambda p: workspace.set_key(p, path, value)
 
 
 def to_inception(extractor):

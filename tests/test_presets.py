@@ -1,5 +1,5 @@
-"""The paper-scale presets of params.yaml: their DAG under both tools on a machine without their files, and the
-messages their stages give when a file is missing."""
+"""The paper-scale presets of params.yaml: their DAG under both tools (with stand-ins for their files), and the
+messages both tools and the stages give when a file is missing."""
 import re
 import sys
 
@@ -9,7 +9,7 @@ import yaml
 from kdm import config, dag
 
 from conftest import shipped
-from workspace import Workspace, dvc_jobs, snakemake_jobs
+from workspace import Workspace, dvc_jobs, set_key, snakemake_jobs
 
 PRESETS = ["cifar10-uncond", "cifar10-cond", "ffhq64", "afhqv2-64"]
 
@@ -17,22 +17,30 @@ PRESETS = ["cifar10-uncond", "cifar10-cond", "ffhq64", "afhqv2-64"]
 def preset(name: str, **paths) -> dict:
     """Params that run the preset `name` alone (its sections unshared from the other presets'), with `paths`
     ('section.key': value) replaced."""
-    exp = shipped()[name]
+    params = {"experiments": [name], name: shipped()[name]}
     for dotted, value in paths.items():
-        *parents, key = dotted.split(".")
-        config.section(exp, ".".join(parents))[key] = value
-    return {"experiments": [name], name: exp}
+        set_key(params, f"{name}.{dotted}", value)
+    return params
+
+
+def stand_ins(params: dict, root) -> dict:
+    """`params` with every file they name replaced by an empty stand-in under `root` (enough to plan a run)."""
+    for key, _, fmt in config.named_files(params):
+        path = root / key
+        path.mkdir() if fmt == "local-dir" else path.touch()
+        set_key(params, key, str(path))
+    return params
 
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_dry_runs_list_every_stage_under_both_tools(tmp_path, name):
-    params = preset(name)
+    params = stand_ins(preset(name), tmp_path)
     ws = Workspace(tmp_path, params)
     smk = snakemake_jobs(ws.snakemake("--forceall", "-n", "-p").stdout)
     assert smk == dvc_jobs(yaml.safe_load((tmp_path / "dvc.yaml").read_text()))
     commands = sorted(cmd.removeprefix("python -m kdm ") for cmd, _, _ in smk)
     shards = params[name]["pairs"]["shards"]
-    assert commands == sorted([f"reference {name}", f"teacher {name}", f"store {name}", "table",
+    assert commands == sorted(["check", f"reference {name}", f"teacher {name}", f"store {name}", "table",
                                f"train {name} kdm 0", f"train {name} kd 0", f"evaluate {name} teacher",
                                f"evaluate {name} kdm 0", f"evaluate {name} kd 0"]
                               + [f"pairs {name} {i}" for i in range(shards)])
@@ -55,3 +63,14 @@ def test_missing_teacher_and_data_are_named_when_their_stage_runs(tmp_path):
     assert not (tmp_path / "results").exists() or not any(p.is_file() for p in (tmp_path / "results").rglob("*"))
     rc, out = kdm_cli(ws, "classifier", "cifar10-uncond")
     assert rc == 2 and "evaluate.extractor.kind 'inception-v3-compat'" in out
+
+
+def test_both_tools_name_every_missing_file_of_a_preset_before_running(tmp_path):
+    ws = Workspace(tmp_path, preset("cifar10-cond"))    # the shipped paths: none of them exist here
+    keys = [key for key, _, _ in config.named_files(preset("cifar10-cond"))]
+    assert {k.split(".", 1)[1] for k in keys} == {"data.path", "teacher.path", "teacher.edm_source", "kdm.rec_loss.weights",
+                                                  "kd.rec_loss.weights", "evaluate.extractor.weights"}
+    for r in (ws.snakemake("-n", check=False), ws.run(sys.executable, "-m", "kdm", "check", check=False)):
+        out = r.stdout + r.stderr
+        assert r.returncode != 0 and all(f"{key}: " in out and "does not exist" in out for key in keys), out
+    assert not (tmp_path / "results").exists()

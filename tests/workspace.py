@@ -39,6 +39,12 @@ def tiny(name: str, params: dict | None = None) -> dict:
     return {"experiments": [name], name: _merge(params[name], TINY[kind])}
 
 
+def set_key(params: dict, dotted: str, value) -> None:
+    """Set a dotted key such as 'checkerboard.kdm.lr' in place."""
+    *parents, last = dotted.split(".")
+    (config.section(params, ".".join(parents)) if parents else params)[last] = value
+
+
 class WorkspaceError(RuntimeError):
     """A command in the workspace failed."""
 
@@ -100,10 +106,12 @@ def snakemake_jobs(dry_run_output: str) -> set[tuple]:
 
 
 def dvc_stages(dvc_yaml: dict) -> dict[str, dict]:
-    """A dvc.yaml's stages: name -> cmd, deps and outputs (outs, metrics and plots)."""
+    """A dvc.yaml's stages: name -> cmd, deps and outputs (outs, metrics and plots). Without the check's
+    marker among the deps: it orders DVC's stages after the check (Snakemake checks at parse time) and never
+    changes, so it neither makes a stage differ from its Snakemake job nor re-runs one."""
     def paths(entries):
         return [next(iter(e)) if isinstance(e, dict) else e for e in entries]
-    return {name: {"cmd": s["cmd"], "deps": paths(s.get("deps", [])),
+    return {name: {"cmd": s["cmd"], "deps": [d for d in paths(s.get("deps", [])) if d != dag.CHECKED],
                    "outs": paths(s.get("outs", []) + s.get("metrics", []) + s.get("plots", []))}
             for name, s in dvc_yaml["stages"].items()}
 

@@ -4,10 +4,11 @@ from snakemake.utils import validate
 from kdm import config as kdm_config
 from kdm import dag
 
-# The CLI's check of params.yaml (the schema plus cross-key checks, with a message naming the key),
-# then Snakemake's own check against the same schema: bad params stop here, before any job runs.
+# The CLI's check of params.yaml (the schema plus cross-key checks, with a message naming the key) and of the
+# files it names, then Snakemake's own check against the same schema: bad params stop here, before any job runs.
 try:
     PARAMS = kdm_config.load("params.yaml")
+    kdm_config.check_files(PARAMS)
 except kdm_config.ParamsError as e:
     raise ValueError(str(e)) from None
 
