@@ -92,3 +92,18 @@ def test_valid_params_again_rerun_nothing(complete):
     assert "up to date" in ws.dvc("status").stdout
     assert "Nothing to be done" in ws.snakemake().stderr
     assert digests(ws) == before
+
+
+def test_dvc_refuses_a_dvc_yaml_older_than_the_params(complete):
+    """A new training seed without `python -m kdm dvc-yaml`: DVC would run the old DAG; the check says so."""
+    ws = complete["adopted"]
+    good, before = (ws.path / "params.yaml").read_text(), digests(ws)
+    params = yaml.safe_load(good)
+    params["checkerboard"]["train_seeds"] = [0, 1]
+    ws.write_params(params, dvc_yaml=False)
+    try:
+        r = ws.dvc("repro", check=False)
+        assert r.returncode != 0 and "out of date with params; run `python -m kdm dvc-yaml`" in r.stderr, r.stderr
+        assert digests(ws) == before
+    finally:
+        (ws.path / "params.yaml").write_text(good)
