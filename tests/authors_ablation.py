@@ -5,7 +5,8 @@ kdm.metrics.Quality: in-support precision, mode coverage, sliced W2). Writes <ou
 <out>.md (mean and spread per variant, and its difference from ours). Outside the DAG, like tests/overhead.py.
 
     python tests/authors_ablation.py [--params params.yaml] [--experiment checkerboard] [--store DIR]
-        [--iterations 3000] [--batch 1024] [--seeds 0 1 2] [--variants ours no-push ...] [--out results/authors-ablation]
+        [--iterations 3000] [--batch 1024] [--seeds 0 1 2] [--variants ours no-push ...]
+        [--out results/authors-ablation]
 
 The store is the experiment's (default results/<experiment>/store/, made by `snakemake --cores all
 results/checkerboard/store`); the variants change only the `kdm` section, on top of params.yaml's.
