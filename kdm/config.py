@@ -166,9 +166,11 @@ def _check_networks(source: str, name: str, exp: dict) -> None:
     if "adversary" in kdm:
         if not images:
             fail("kdm.adversary", "the discriminator needs image data; remove it for vector data")
-        if 2 ** len(kdm["adversary"]["widths"]) > shape[-1]:
-            fail("kdm.adversary.widths", f"{len(kdm['adversary']['widths'])} stride-2 convs do not fit "
-                 f"{shape[-1]}x{shape[-1]} images; expected at most {shape[-1].bit_length() - 1}")
+        widths, head = kdm["adversary"]["widths"], kdm["adversary"].get("head", "linear")
+        least = 4 if head == "patch" else 1     # the patch head is a 4x4 conv without padding
+        if shape[-1] // 2 ** len(widths) < least:
+            fail("kdm.adversary.widths", f"{len(widths)} stride-2 convs do not fit {shape[-1]}x{shape[-1]} images "
+                 f"with the {head} head; expected at most {(shape[-1] // least).bit_length() - 1}")
         if "adv" not in kdm["loss_weights"]:
             fail("kdm.loss_weights.adv", "required with kdm.adversary (the authors use 0.01)")
     elif "adv" in kdm["loss_weights"]:

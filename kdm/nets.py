@@ -57,12 +57,20 @@ class DenoiserMLP(nn.Module):
 
 
 class MLPNet(nn.Module):
-    """in_shape -> out_shape through an MLP on the flattened input and, if conditional, the one-hot label."""
+    """in_shape -> out_shape through an MLP on the flattened input and, if conditional, the one-hot label.
 
-    def __init__(self, in_shape, out_shape, hidden: int, layers: int, label_dim: int = 0):
+    With `time_input` a last input column holds the constant time `t`, as in the authors' 2-D models (0 for
+    E_0 and D, 1 for E_T): a column of zeros changes nothing but the initial weights' draws, a column of ones
+    is a second bias of the first layer."""
+
+    def __init__(self, in_shape, out_shape, hidden: int, layers: int, label_dim: int = 0, time_input: bool = False,
+                 t: float = 0.0):
         super().__init__()
         self.out_shape, self.label_dim = tuple(out_shape), label_dim
-        self.net = mlp(math.prod(in_shape) + label_dim, math.prod(out_shape), hidden, layers)
+        self.net = mlp(math.prod(in_shape) + label_dim + int(time_input), math.prod(out_shape), hidden, layers)
+        if time_input:      # a buffer only when used: without it the state dict is as before the option existed
+            self.register_buffer("t", torch.tensor(float(t)))
+        self.time_input = time_input
 
     def forward(self, x, class_labels=None):
         h = x.flatten(1)
@@ -71,6 +79,8 @@ class MLPNet(nn.Module):
                 raise ValueError(f"class_labels: expected shape {(x.shape[0], self.label_dim)}, got "
                                  f"{None if class_labels is None else tuple(class_labels.shape)}")
             h = torch.cat([h, class_labels.to(h.dtype)], dim=1)
+        if self.time_input:
+            h = torch.cat([h, self.t.to(h.dtype).expand(h.shape[0], 1)], dim=1)
         return self.net(h).reshape(-1, *self.out_shape)
 
 
@@ -99,7 +109,7 @@ def make_net(spec: dict, in_shape, out_shape, label_dim: int = 0, t: float | Non
             raise ValueError(f"teacher.net: an mlp teacher takes unconditional vector data, got shape {tuple(in_shape)}")
         return DenoiserMLP(in_shape[0], **args)
     if kind == "mlp":
-        return MLPNet(in_shape, out_shape, label_dim=label_dim, **args)
+        return MLPNet(in_shape, out_shape, label_dim=label_dim, t=t, **args)
     if kind in UNETS and t is None:
         return UNETS[kind](in_shape[1], in_shape[0], out_shape[0], label_dim=label_dim, **unet_args(args))
     if kind in UNETS:
@@ -114,20 +124,26 @@ def unet_args(spec: dict) -> dict:
 
 class Discriminator(nn.Module):
     """The authors' small conv discriminator: stride-2 4x4 convs (3 -> 64 -> 128 -> 256 at CIFAR size),
-    BatchNorm after the first, LeakyReLU 0.2, then one logit. Widths come from params; the resolution
-    halves per conv, so at 8x8 three convs reach 1x1."""
+    BatchNorm after the first, LeakyReLU 0.2. Widths come from params; the resolution halves per conv, so at
+    8x8 three convs reach 1x1. The head: `linear`, one logit from the whole map; or `patch`, the authors' 4x4
+    conv without padding, one logit per 4x4 window (one at 32x32, where it equals `linear`; 5x5 at 64x64)."""
 
-    def __init__(self, in_channels: int, resolution: int, widths=(64, 128, 256)):
+    HEADS = ("linear", "patch")
+
+    def __init__(self, in_channels: int, resolution: int, widths=(64, 128, 256), head: str = "linear"):
         super().__init__()
+        if head not in self.HEADS:
+            raise ValueError(f"adversary.head: unknown {head!r}, expected one of {self.HEADS}")
         layers, c, res = [], in_channels, resolution
         for i, w in enumerate(widths):
             layers += [nn.Conv2d(c, w, 4, stride=2, padding=1)] + ([nn.BatchNorm2d(w)] if i else [])
             layers.append(nn.LeakyReLU(0.2))
             c, res = w, res // 2
-        if res < 1:
+        if res < (4 if head == "patch" else 1):
             raise ValueError(f"discriminator: {len(widths)} stride-2 convs do not fit a {resolution}x{resolution} "
-                             "image; use fewer widths")
-        self.body = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * res * res, 1))
+                             f"image with the {head} head; use fewer widths")
+        out = [nn.Conv2d(c, 1, 4), nn.Flatten()] if head == "patch" else [nn.Flatten(), nn.Linear(c * res * res, 1)]
+        self.body = nn.Sequential(*layers, *out)
 
     def forward(self, x):
         return self.body(x).squeeze(1)

@@ -26,7 +26,7 @@ def rec_loss(spec: dict):
         c = spec.get("c", 0.03)
         return lambda pred, target: ((pred - target) ** 2 + c * c).sqrt().sub(c).mean()
     if spec["kind"] == "lpips":
-        return LPIPS(spec["net"], spec["weights"])
+        return LPIPS(spec["net"], spec["weights"], spec.get("pooling", "max"))
     raise ValueError(f"rec_loss.kind: unknown {spec['kind']!r}")
 
 
@@ -34,13 +34,16 @@ class LPIPS:
     """LPIPS (Zhang et al. 2018), the authors' reconstruction loss: the lpips package's linear layers (shipped
     with the package) on a torchvision backbone whose ImageNet weights are read from a local file, never
     downloaded. Images below 32 pixels are upsampled (the backbone halves them four times); grey images
-    are repeated to three channels."""
+    are repeated to three channels. `pooling` avg replaces the backbone's max-pools by average pools of the
+    same window, as the authors' LPIPS does (piq's LPIPS with replace_pooling=True)."""
 
     URLS = {"vgg": "https://download.pytorch.org/models/vgg16-397923af.pth",
             "alex": "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"}
 
-    def __init__(self, backbone: str, weights):
+    def __init__(self, backbone: str, weights, pooling: str = "max"):
         import lpips
+        if pooling not in ("max", "avg"):
+            raise ValueError(f"rec_loss.pooling: unknown {pooling!r}, expected max or avg")
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(
@@ -58,6 +61,11 @@ class LPIPS:
         if missing:
             raise ValueError(f"rec_loss.weights: {path} is not torchvision's {backbone} (lacks {missing[:3]})")
         self.model.net.load_state_dict({names[k]: state[k] for k in names})
+        if pooling == "avg":
+            for parent in self.model.net.modules():
+                for name, child in parent.named_children():
+                    if isinstance(child, nn.MaxPool2d):
+                        setattr(parent, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding))
         self.model.eval().requires_grad_(False)
 
     def __call__(self, pred, target):
@@ -80,13 +88,18 @@ class KoopmanStudent(nn.Module):
     With MLPs the latent is the encoders' `latent_dim` outputs. With UNets the encoders output
     `latent_channels` channels at the image's resolution; when that grid is larger than `latent_dim`, a
     linear projection follows each encoder and precedes the decoder (the authors' 64x64 models).
-    E_T sees x_T / x_T_scale (unit variance) so its first layer needs no special initialisation; the
-    UNets' time inputs are constants (0 for E_0 and D, 1 for E_T).
+    E_T sees x_T / x_T_scale (x_T_scale = sigma_max: unit variance, so its first layer needs no special
+    initialisation; 1: the raw x_T, as the authors' image models); the UNets' time inputs are constants (0
+    for E_0 and D, 1 for E_T). `encoder_act` silu ends both encoders in a Swish, as the authors' 2-D
+    encoders do (the latent then lies above -0.28 in every coordinate).
     """
 
     def __init__(self, data_shape, net: dict, latent_dim: int, x_T_scale: float, operator: dict | None = None,
-                 label_dim: int = 0, latent_channels: int = 1):
+                 label_dim: int = 0, latent_channels: int = 1, encoder_act: str = "none"):
         super().__init__()
+        if encoder_act not in ("none", "silu"):
+            raise ValueError(f"kdm.encoder_act: unknown {encoder_act!r}, expected none or silu")
+        self.encoder_act = encoder_act      # a name, not a module: the state dict (and its metadata) stays as it was
         data_shape = tuple(data_shape)
         self.grid = (latent_channels,) + data_shape[1:] if net["kind"] != "mlp" else (latent_dim,)
         self.E0 = make_net(net, data_shape, self.grid, label_dim, t=0.0)
@@ -99,10 +112,13 @@ class KoopmanStudent(nn.Module):
         self.x_T_scale, self.label_dim = x_T_scale, label_dim
 
     def encode_0(self, x0, y):
-        return self.P0(self.E0(x0, y).flatten(1))
+        return self.P0(self._act(self.E0(x0, y)).flatten(1))
 
     def encode_T(self, x_T, y):
-        return self.PT(self.ET(x_T / self.x_T_scale, y).flatten(1))
+        return self.PT(self._act(self.ET(x_T / self.x_T_scale, y)).flatten(1))
+
+    def _act(self, z):
+        return F.silu(z) if self.encoder_act == "silu" else z
 
     def push(self, z, y):
         return self.C(z) if self.B is None else self.C(z) + self.B(y)
@@ -162,10 +178,10 @@ class Adversary:
     gradient). Its module and optimiser state go into the student's checkpoints (`state_dict`).
     """
 
-    def __init__(self, in_channels: int, resolution: int, widths, lr: float, betas, seed: int):
+    def __init__(self, in_channels: int, resolution: int, widths, lr: float, betas, seed: int, head: str = "linear"):
         with torch.random.fork_rng(devices=[]):     # seeded, leaving the global RNG as it was
             torch.manual_seed(seed)
-            self.disc = Discriminator(in_channels, resolution, tuple(widths))
+            self.disc = Discriminator(in_channels, resolution, tuple(widths), head)
         self.opt = adam(self.disc.parameters(), lr, betas)
 
     def to(self, *args, **kwargs):

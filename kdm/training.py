@@ -129,8 +129,8 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
     The model (and companions) train on device `on`; `batch_losses` must hand it batches there.
 
     Terms without a gradient (e.g. a discriminator's own loss, stepped by its `companion`) are logged,
-    not summed. `companions` (name -> object with to/state_dict/load_state_dict, e.g. kdm.students.Adversary)
-    are trained inside `batch_losses` and saved in, and restored from, the checkpoints.
+    not summed. `companions` (name -> object with to/state_dict/load_state_dict: kdm.students.Adversary,
+    EpochOrder) hold state that `batch_losses` changes; they are saved in, and restored from, the checkpoints.
 
     Non-finite gradient entries are zeroed, as in the authors' code; a loss that stays non-finite for
     `optim["max_nonfinite_steps"]` steps raises NonFiniteLoss, leaving the last good checkpoint.
@@ -251,12 +251,17 @@ def write_run(stage, arch: str, kwargs: dict, module, data_shape, rows: list[dic
         stage.scratch_path.unlink(missing_ok=True)                     # done: a later run starts afresh
 
 
-def student_kwargs(model: str, p: dict, data_shape, x_T_scale: float, label_dim: int) -> dict:
+def student_kwargs(model: str, p: dict, data_shape, sigma_max: float, label_dim: int) -> dict:
+    """The student's constructor arguments (saved with its weights). Optional params enter only when set, so
+    that models of params without them keep the bytes they had before the options existed."""
+    x_T_scale = sigma_max if p.get("scale_x_T", True) else 1.0
     kwargs = dict(data_shape=list(data_shape), net=p["net"], x_T_scale=x_T_scale, label_dim=label_dim)
     if model == "kdm":
         kwargs.update(latent_dim=p["latent_dim"], operator=p["operator"])
         if p["net"]["kind"] == "unet":
             kwargs["latent_channels"] = p["latent_channels"]
+        if "encoder_act" in p:
+            kwargs["encoder_act"] = p["encoder_act"]
     return kwargs
 
 
@@ -275,10 +280,14 @@ def student_setup(model: str, p: dict, store, seed: int, on):
         extra["latent_noise"] = p["latent_noise"]
         if p.get("adversary"):      # the discriminator sees images: (channels, resolution, resolution)
             extra["adversary"] = companions["adversary"] = Adversary(
-                shape[0], shape[-1], p["adversary"]["widths"], p["lr"], p["betas"], seed=seed + 1)
+                shape[0], shape[-1], p["adversary"]["widths"], p["lr"], p["betas"], seed=seed + 1,
+                head=p["adversary"].get("head", "linear"))
+    order = None
+    if p.get("data_order", "with_replacement") == "epochs":     # the global batch: each rank takes its part
+        order = companions["order"] = EpochOrder(len(store), p["batch"], seed)
 
     def batch_losses(gen):
-        idx = batch_indices(len(store), batch, gen)
+        idx = order.next_rows() if order else batch_indices(len(store), batch, gen)
         x0, xT = torch.from_numpy(x0_all[idx]).to(on), torch.from_numpy(xT_all[idx]).to(on)
         labels = None if labels_all is None else torch.from_numpy(labels_all[idx]).to(on)
         return net.losses(x0, xT, gen, rec=rec, labels=labels, **extra)
@@ -288,3 +297,34 @@ def student_setup(model: str, p: dict, store, seed: int, on):
 def batch_indices(n: int, batch: int, gen: torch.Generator):
     """A training batch's rows: uniform with replacement, sorted so memory-mapped reads go in file order."""
     return torch.randint(n, (batch,), generator=gen).sort().values.numpy()
+
+
+class EpochOrder:
+    """The authors' data order (params `data_order: epochs`): every epoch a fresh permutation of the n rows,
+    cut into consecutive batches of the global `batch`, the last one short, as their sampler keeps it. Epoch
+    e's permutation is seeded by (seed, e) alone and the position is a step count, so that every rank (each
+    takes its part of the global batch) and a resumed run (the count is checkpointed) see the same order."""
+
+    def __init__(self, n: int, batch: int, seed: int):
+        self.n, self.batch, self.seed, self.step = n, batch, seed, 0
+        self.per_epoch = -(-n // batch)
+        self._perm = (None, None)                   # (epoch, its permutation): drawn once per epoch
+
+    def next_rows(self) -> np.ndarray:
+        epoch, k = divmod(self.step, self.per_epoch)
+        if self._perm[0] != epoch:
+            g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0]))
+            self._perm = (epoch, torch.randperm(self.n, generator=g))
+        rank, world = ranks()
+        rows = self._perm[1][k * self.batch:(k + 1) * self.batch].tensor_split(world)[rank]
+        self.step += 1
+        return rows.sort().values.numpy()          # sorted: memory-mapped reads in file order
+
+    def to(self, *args, **kwargs):
+        return self                                 # nothing on a device
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]

@@ -53,6 +53,9 @@ def _error(params) -> str:
     (lambda p: p["checkerboard"].update(pairs=IMPORT | {"count": 10}), ["checkerboard.pairs", "'count' was unexpected"]),
     (lambda p: p["checkerboard"].update(pairs={"source": "import", "format": "get"}),
      ["checkerboard.pairs", "'path' is a required"]),
+    (lambda p: p["checkerboard"]["kdm"].update(data_order="shuffled"), ["checkerboard.kdm.data_order", "enum"]),
+    (lambda p: p["checkerboard"]["kdm"].update(encoder_act="tanh"), ["checkerboard.kdm.encoder_act", "enum"]),
+    (lambda p: p["checkerboard"]["kdm"]["net"].update(time_input=1), ["checkerboard.kdm.net.time_input", "boolean"]),
 ])
 def test_invalid_params_name_the_key(params, mutate, expect):
     p = copy.deepcopy(params)
@@ -143,6 +146,13 @@ def test_an_image_folder_cannot_use_the_digit_classifier():
     assert "cifar10-cond.evaluate.extractor.kind: classifier is trained on the digits" in _error(p)
 
 
+def test_the_patch_head_needs_a_4x4_map():
+    p = shipped()
+    p["digits"]["kdm"]["adversary"]["head"] = "patch"
+    assert "digits.kdm.adversary.widths: 3 stride-2 convs do not fit 8x8 images with the patch head; " \
+        "expected at most 1" in _error(p)
+
+
 def test_presets_have_the_papers_settings():
     p = config.load(ROOT / "params.yaml")
     assert not set(PRESETS) & set(p["experiments"]), "presets do not run by default"
@@ -154,11 +164,14 @@ def test_presets_have_the_papers_settings():
         assert e["pairs"]["count"] == (250000 if "afhq" in name else 1000000) and e["pairs"]["seed_start"] == 0
         for model in ("kdm", "kd"):
             s = e[model]
-            assert s["net"] == {"kind": "songunet", "model_channels": 64, "channel_mult": [1, 2, 2, 2], "num_blocks": 4,
-                                "attn_resolutions": [16], "dropout": 0.1}
-            assert s["rec_loss"]["kind"] == "lpips"
-            assert (s["lr"], s["lr_schedule"], s["batch"], s["iterations"], s["ema"]) == \
-                (3e-4, "constant", 128, 800000, 0.9999)
+            # the authors' configs: 64 base channels at 32x32, 32 at 64x64 (docs/authors-code.md)
+            assert s["net"] == {"kind": "songunet", "model_channels": 64 if "cifar" in name else 32,
+                                "channel_mult": [1, 2, 2, 2], "num_blocks": 4, "attn_resolutions": [16], "dropout": 0.1}
+            assert s["rec_loss"]["kind"] == "lpips" and s["rec_loss"]["pooling"] == "avg"
+            assert (s["lr"], s["lr_schedule"], s["batch"], s["iterations"], s["ema"], s["data_order"]) == \
+                (3e-4, "constant", 128, 800000, 0.9999, "epochs")
         assert e["kdm"]["latent_dim"] == (1024 if "cifar" in name else 512) and e["kdm"]["loss_weights"]["adv"] == 0.01
+        assert e["kdm"]["adversary"]["head"] == "patch" and e["kdm"]["scale_x_T"] is False
+        assert (e["kdm"]["latent_noise"], e["kdm"]["loss_weights"]["push"]) == (0.4, 1.0)
         assert e["evaluate"]["samples"] == 50000 and e["evaluate"]["extractor"]["kind"] == "inception-v3-compat"
     assert p["cifar10-cond"]["data"]["classes"] == 10 and p["cifar10-uncond"]["data"]["classes"] == 0

@@ -49,6 +49,17 @@ def test_discriminator_reaches_one_logit():
         Discriminator(1, 8, (8, 16, 32, 64))
 
 
+def test_discriminator_patch_head_gives_one_logit_per_window():
+    """The authors' head, a 4x4 conv without padding: one logit at 32x32, 5x5 at 64x64; at 32x32 it has the
+    linear head's parameter count (the same function class)."""
+    patch, linear = Discriminator(3, 32, (8, 16, 32), head="patch"), Discriminator(3, 32, (8, 16, 32))
+    assert patch(torch.randn(2, 3, 32, 32)).shape == (2,)
+    assert sum(p.numel() for p in patch.parameters()) == sum(p.numel() for p in linear.parameters())
+    assert Discriminator(3, 64, (8, 16, 32), head="patch")(torch.randn(2, 3, 64, 64)).shape == (2, 25)
+    with pytest.raises(ValueError, match="do not fit a 16x16 image with the patch head"):
+        Discriminator(3, 16, (8, 16, 32), head="patch")
+
+
 def test_conditional_koopman_student_pushes_with_B_y():
     torch.manual_seed(0)
     s = KoopmanStudent(SHAPE, TINY_UNET, latent_dim=64, x_T_scale=80.0, label_dim=10, latent_channels=1).eval()
@@ -193,6 +204,10 @@ def test_lpips_reads_local_backbone_weights(tmp_path):
     assert value.ndim == 0 and value > 0 and loss(x, x) < 1e-6
     value.backward()
     assert pred.grad.abs().sum() > 0
+    avg = rec_loss({"kind": "lpips", "net": "alex", "weights": str(weights), "pooling": "avg"})
+    pools = [type(m).__name__ for m in avg.model.net.modules() if "Pool" in type(m).__name__]
+    assert pools and set(pools) == {"AvgPool2d"}, "pooling avg replaces every max-pool (piq's replace_pooling)"
+    assert avg(x, x) < 1e-6 and not torch.isclose(avg(pred, x), value)
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="is not torchvision's alex"):
         rec_loss({"kind": "lpips", "net": "alex", "weights": str(tmp_path / "other.pth")})

@@ -7,7 +7,7 @@ from kdm import metrics
 from kdm.datasets import Checkerboard
 from kdm.students import KoopmanStudent, OneStepStudent, rec_loss
 from kdm.models import build, load_model, save_model
-from kdm.training import EMA, train_loop
+from kdm.training import EMA, EpochOrder, student_kwargs, train_loop
 
 
 def test_checkerboard_samples_lie_in_its_cells():
@@ -92,6 +92,57 @@ def test_ema_tracks_parameters():
     start = ema.module.weight.item()
     ema.update(net)
     assert ema.module.weight.item() == pytest.approx(0.5 * start + 0.5)
+
+
+def test_ema_decay_zero_keeps_the_raw_weights():
+    """ema: 0 samples the last raw weights, as the authors' 2-D trainer saves them: exactly, not approximately."""
+    net = torch.nn.Linear(3, 3)
+    ema = EMA(net, decay=0.0)
+    with torch.no_grad():
+        net.weight.mul_(1.7).add_(0.3)
+    ema.update(net)
+    assert torch.equal(ema.module.weight, net.weight) and torch.equal(ema.module.bias, net.bias)
+
+
+def test_authors_2d_network_options():
+    """time_input: a constant last input column (E_0, D: 0; E_T: 1); encoder_act silu: the encoders end in a Swish;
+    scale_x_T false: E_T sees the raw x_T. Unset, the kwargs and state dict are as before the options existed."""
+    net = {"kind": "mlp", "hidden": 16, "layers": 3}
+    plain = KoopmanStudent(data_shape=[2], net=net, latent_dim=8, x_T_scale=80.0)
+    assert "E0.t" not in plain.state_dict() and plain.E0.net[0].in_features == 2
+    torch.manual_seed(0)
+    s = KoopmanStudent(data_shape=[2], net=net | {"time_input": True}, latent_dim=8, x_T_scale=1.0, encoder_act="silu")
+    assert (s.E0.t.item(), s.ET.t.item(), s.D.t.item()) == (0.0, 1.0, 0.0) and s.E0.net[0].in_features == 3
+    x = torch.randn(5, 2)
+    first = s.ET.net[0]
+    expected = torch.nn.functional.linear(torch.cat([x, torch.ones(5, 1)], 1), first.weight, first.bias)
+    assert torch.allclose(s.ET.net[:1](torch.cat([x, torch.ones(5, 1)], 1)), expected)
+    z = s.encode_T(x * 50, None)
+    assert torch.equal(z, torch.nn.functional.silu(s.ET(x * 50)))       # raw x_T, then the Swish
+    assert z.min() >= -0.2785
+    with pytest.raises(ValueError, match="kdm.encoder_act"):
+        KoopmanStudent(data_shape=[2], net=net, latent_dim=8, x_T_scale=80.0, encoder_act="tanh")
+    p = {"net": net, "latent_dim": 8, "operator": {"kind": "dense"}}
+    assert student_kwargs("kdm", p, (2,), 80.0, 0) == dict(data_shape=[2], net=net, x_T_scale=80.0, label_dim=0,
+                                                          latent_dim=8, operator={"kind": "dense"})
+    authors = student_kwargs("kdm", p | {"scale_x_T": False, "encoder_act": "silu"}, (2,), 80.0, 0)
+    assert (authors["x_T_scale"], authors["encoder_act"]) == (1.0, "silu")
+
+
+def test_epoch_order_visits_every_row_once_per_epoch_and_resumes():
+    """data_order: epochs - the authors' sampler: a permutation per epoch, consecutive batches, the last one
+    short; the order depends on (seed, epoch) only, and a restored step count continues it."""
+    order = EpochOrder(10, 4, seed=3)
+    batches = [order.next_rows() for _ in range(6)]
+    assert [len(b) for b in batches] == [4, 4, 2, 4, 4, 2]
+    for epoch in (batches[:3], batches[3:]):
+        assert sorted(np.concatenate(epoch).tolist()) == list(range(10))
+    assert not all(np.array_equal(a, b) for a, b in zip(batches[:3], batches[3:])), "each epoch reshuffles"
+    resumed = EpochOrder(10, 4, seed=3)
+    resumed.load_state_dict({"step": 4})
+    assert np.array_equal(resumed.next_rows(), batches[4]) and order.state_dict() == {"step": 6}
+    other = EpochOrder(10, 4, seed=4)
+    assert not all(np.array_equal(other.next_rows(), b) for b in batches[:3])
 
 
 def test_saved_model_roundtrip_and_corrupt_file(tmp_path):

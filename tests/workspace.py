@@ -25,10 +25,11 @@ def shipped() -> dict:
     return json.loads(json.dumps(yaml.safe_load((ROOT / "params.yaml").read_text())))
 
 
-def _merge(base: dict, over: dict) -> dict:
+def merge(base: dict, over: dict) -> dict:
+    """`base` with `over` laid over it: mappings merge, other values replace (neither is changed)."""
     out = copy.deepcopy(base)
     for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
     return out
 
 
@@ -36,7 +37,7 @@ def tiny(name: str, params: dict | None = None) -> dict:
     """Experiment `name` of `params` (default: the shipped ones), alone, shrunk to seconds per stage."""
     params = shipped() if params is None else params
     kind = "digits" if dag.images(params, name) else "checkerboard"
-    return {"experiments": [name], name: _merge(params[name], TINY[kind])}
+    return {"experiments": [name], name: merge(params[name], TINY[kind])}
 
 
 def set_key(params: dict, dotted: str, value) -> None:

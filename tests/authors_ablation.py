@@ -1,0 +1,134 @@
+"""Our checkerboard KDM against the KDM authors' 2-D choices, one change at a time (docs/authors-code.md): every
+variant trains the experiment's KDM student on the same pair store, at the same iterations and batch, for each
+training seed, and is measured as the evaluate stage measures it (the experiment's evaluation noise,
+kdm.metrics.Quality: in-support precision, mode coverage, sliced W2). Writes <out>.csv (one row per run) and
+<out>.md (mean and spread per variant, and its difference from ours). Outside the DAG, like tests/overhead.py.
+
+    python tests/authors_ablation.py [--params params.yaml] [--experiment checkerboard] [--store DIR]
+        [--iterations 3000] [--batch 1024] [--seeds 0 1 2] [--variants ours no-push ...]
+        [--out results/authors-ablation]
+
+The store is the experiment's (default results/<experiment>/store/, made by `snakemake --cores all
+results/checkerboard/store`); the variants change only the `kdm` section, on top of params.yaml's.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))      # run as a script: the tests' workspace module beside it
+from workspace import merge  # noqa: E402
+
+from kdm import config, dag, datasets  # noqa: E402
+from kdm.device import device  # noqa: E402
+from kdm.edm import seed_noise  # noqa: E402
+from kdm.io import atomic_path  # noqa: E402
+from kdm.metrics import Quality  # noqa: E402
+from kdm.pairset import open_pairset  # noqa: E402
+from kdm.training import student_setup, train_loop  # noqa: E402
+
+# name -> (what the authors do, the kdm params that do it); file:line references in docs/authors-code.md
+AUTHORS = {
+    "no-push": ("push term for logging only: loss = rec + latent", {"loss_weights": {"push": 0.0}}),
+    "latent-noise-0.4": ("latent noise 0.4", {"latent_noise": 0.4}),
+    "lr-3e-4-constant": ("Adam lr 3e-4, constant", {"lr": 3.0e-4, "lr_schedule": "constant"}),
+    "raw-weights": ("the raw weights sampled, not an EMA", {"ema": 0.0}),
+    "time-input": ("a constant time input to E_0, E_T, D", {"net": {"time_input": True}}),
+    "encoder-silu": ("the encoders end in a Swish", {"encoder_act": "silu"}),
+    "epoch-order": ("batches by epoch-wise shuffling", {"data_order": "epochs"}),
+}
+
+
+def variants() -> dict[str, tuple[str, dict]]:
+    """Ours, each of the authors' choices alone, and all of them together."""
+    everything = {}
+    for _, change in AUTHORS.values():
+        everything = merge(everything, change)
+    return {"ours": ("our params.yaml", {}), **AUTHORS, "authors": ("all of the above", everything)}
+
+
+def evaluate(net, P: dict, on) -> dict:
+    """The evaluate stage's measurement of a student: its samples from the experiment's evaluation noise (the
+    teacher's evaluation x_T, seed by seed), in the stage's batches, through kdm.metrics.Quality."""
+    ev = P["evaluate"]
+    data = datasets.make(P["data"])
+    seeds = np.arange(ev["seed_start"], ev["seed_start"] + ev["samples"], dtype=np.int64)
+    x_T = P["sampler"]["sigma_max"] * seed_noise(seeds, config.data_shape(P["data"]))
+    net = net.to(on)
+    with torch.inference_mode():
+        x0 = torch.cat([net(x_T[i:i + ev["batch"]].to(on)).cpu() for i in range(0, len(x_T), ev["batch"])])
+    return Quality(data, ev, None)(x0, None)
+
+
+def measure(params: dict, exp: str, store, iterations: int, batch: int, seeds, names) -> pd.DataFrame:
+    on, rows = device(), []
+    for name in names:
+        what, change = variants()[name]
+        p = merge(params[exp]["kdm"], change | {"iterations": iterations, "batch": batch, "checkpoint_every": 0})
+        config.validate(merge(params, {exp: {"kdm": p}}), f"variant {name}")       # a clear error for a bad change
+        for seed in seeds:
+            net, _, batch_losses, companions = student_setup("kdm", p, store, seed, on)
+            started = time.perf_counter()
+            model, _ = train_loop(net, batch_losses, p["loss_weights"], p, seed=seed, grad_clip=p["grad_clip"],
+                                  desc=f"{name} s{seed}", companions=companions, on=on)
+            seconds = time.perf_counter() - started
+            q = evaluate(model, params[exp], on)
+            rows.append({"variant": name, "change": what, "seed": seed, "iterations": iterations, "batch": batch,
+                         **q, "train_seconds": seconds})
+            print(f"{name} s{seed}: " + " ".join(f"{k}={v:.4g}" for k, v in q.items()), file=sys.stderr)
+    return pd.DataFrame(rows)
+
+
+def summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and spread (sample std; 0 for one seed) per variant, and the mean's difference from ours."""
+    metrics = ["precision", "coverage", "sw2"]
+    g = runs.groupby("variant", sort=False)
+    out = g[["change"]].first()
+    for m in metrics:
+        out[m] = [f"{a:.4f} ± {s:.4f}" for a, s in zip(g[m].mean(), g[m].std(ddof=1).fillna(0.0))]
+    if "ours" in out.index:
+        out["Δ precision vs ours"] = g["precision"].mean() - g["precision"].mean()["ours"]
+    out["seeds"] = g["seed"].count()
+    return out.reset_index()
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--experiment", default="checkerboard", help="an experiment with checkerboard data")
+    p.add_argument("--store", help="the pair store (default: the experiment's, results/<experiment>/store/)")
+    p.add_argument("--iterations", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
+    p.add_argument("--variants", nargs="+", default=list(variants()), choices=list(variants()))
+    p.add_argument("--out", default="results/authors-ablation", help="writes OUT.csv and OUT.md")
+    a = p.parse_args(argv)
+    params = config.load(a.params)
+    if a.experiment not in params or params[a.experiment]["data"]["kind"] != "checkerboard":
+        p.error(f"--experiment {a.experiment}: expected an experiment of {a.params} with checkerboard data")
+    store_path = Path(a.store or dag.store_dir(a.experiment))
+    if not (store_path / "manifest.json").is_file():
+        p.error(f"--store {store_path}: no pair store there; make it first: "
+                f"snakemake --cores all {dag.store_dir(a.experiment)}")
+    store = open_pairset(store_path)
+    runs = measure(params, a.experiment, store, a.iterations, a.batch, a.seeds, a.variants)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out.with_suffix(".csv")) as tmp:
+        runs.to_csv(tmp, index=False)
+    with atomic_path(out.with_suffix(".md")) as tmp:
+        tmp.write_text(f"# {a.experiment} KDM: our settings against the authors', one at a time\n\n"
+                       f"Store {store_path} ({len(store)} pairs); {a.iterations} iterations at batch {a.batch}; "
+                       f"training seeds {a.seeds}; metrics of the evaluate stage on its "
+                       f"{params[a.experiment]['evaluate']['samples']} evaluation samples (mean ± std over seeds).\n\n"
+                       + summary(runs).to_markdown(index=False, floatfmt="+.4f") + "\n")
+
+
+if __name__ == "__main__":
+    main()
