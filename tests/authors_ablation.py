@@ -2,7 +2,8 @@
 variant trains the experiment's KDM student on the same pair store, at the same iterations and batch, for each
 training seed, and is measured as the evaluate stage measures it (the experiment's evaluation noise,
 kdm.metrics.Quality: in-support precision, mode coverage, sliced W2). Writes <out>.csv (one row per run) and
-<out>.md (mean and spread per variant, and its difference from ours). Outside the DAG, like tests/overhead.py.
+<out>.md (mean and spread per variant, and its difference from ours), after every run: run again, it resumes.
+Outside the DAG, like tests/overhead.py.
 
     python tests/authors_ablation.py [--params params.yaml] [--experiment checkerboard] [--store DIR]
         [--iterations 3000] [--batch 1024] [--seeds 0 1 2] [--variants ours no-push ...]
@@ -45,12 +46,19 @@ AUTHORS = {
 }
 
 
+# the authors' 2-D code takes x_T as it comes: N(0, 1) from their own teacher, 80 eps from ours (how their code saw
+# our pairs in the comparison the issue reports); our E_T sees x_T / sigma_max unless scale_x_T is false
+RAW_X_T = {"scale_x_T": False}
+
+
 def variants() -> dict[str, tuple[str, dict]]:
-    """Ours, each of the authors' choices alone, and all of them together."""
+    """Ours, each of the authors' choices alone, all of them together, and both with E_T on the raw x_T."""
     everything = {}
     for _, change in AUTHORS.values():
         everything = merge(everything, change)
-    return {"ours": ("our params.yaml", {}), **AUTHORS, "authors": ("all of the above", everything)}
+    return {"ours": ("our params.yaml", {}), **AUTHORS, "authors": ("all of the above", everything),
+            "raw-x_T": ("E_T on the raw x_T (80 eps)", RAW_X_T),
+            "authors-raw-x_T": ("all of the authors' choices, E_T on the raw x_T", merge(everything, RAW_X_T))}
 
 
 def evaluate(net, P: dict, on) -> dict:
@@ -66,13 +74,17 @@ def evaluate(net, P: dict, on) -> dict:
     return Quality(data, ev, None)(x0, None)
 
 
-def measure(params: dict, exp: str, store, iterations: int, batch: int, seeds, names) -> pd.DataFrame:
-    on, rows = device(), []
+def measure(params: dict, exp: str, store, iterations: int, batch: int, seeds, names, done: pd.DataFrame):
+    """Train and measure every (variant, seed) not in `done` (the runs of an earlier, interrupted call with the
+    same settings), yielding all runs so far after each new one."""
+    on, rows = device(), done.to_dict("records")
     for name in names:
         what, change = variants()[name]
         p = merge(params[exp]["kdm"], change | {"iterations": iterations, "batch": batch, "checkpoint_every": 0})
         config.validate(merge(params, {exp: {"kdm": p}}), f"variant {name}")       # a clear error for a bad change
         for seed in seeds:
+            if any(r["variant"] == name and r["seed"] == seed for r in rows):
+                continue
             net, _, batch_losses, companions = student_setup("kdm", p, store, seed, on)
             started = time.perf_counter()
             model, _ = train_loop(net, batch_losses, p["loss_weights"], p, seed=seed, grad_clip=p["grad_clip"],
@@ -82,7 +94,7 @@ def measure(params: dict, exp: str, store, iterations: int, batch: int, seeds, n
             rows.append({"variant": name, "change": what, "seed": seed, "iterations": iterations, "batch": batch,
                          **q, "train_seconds": seconds})
             print(f"{name} s{seed}: " + " ".join(f"{k}={v:.4g}" for k, v in q.items()), file=sys.stderr)
-    return pd.DataFrame(rows)
+            yield pd.DataFrame(rows)
 
 
 def summary(runs: pd.DataFrame) -> pd.DataFrame:
@@ -117,17 +129,22 @@ def main(argv=None) -> None:
         p.error(f"--store {store_path}: no pair store there; make it first: "
                 f"snakemake --cores all {dag.store_dir(a.experiment)}")
     store = open_pairset(store_path)
-    runs = measure(params, a.experiment, store, a.iterations, a.batch, a.seeds, a.variants)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out.with_suffix(".csv")) as tmp:
-        runs.to_csv(tmp, index=False)
-    with atomic_path(out.with_suffix(".md")) as tmp:
-        tmp.write_text(f"# {a.experiment} KDM: our settings against the authors', one at a time\n\n"
-                       f"Store {store_path} ({len(store)} pairs); {a.iterations} iterations at batch {a.batch}; "
-                       f"training seeds {a.seeds}; metrics of the evaluate stage on its "
-                       f"{params[a.experiment]['evaluate']['samples']} evaluation samples (mean ± std over seeds).\n\n"
-                       + summary(runs).to_markdown(index=False, floatfmt="+.4f") + "\n")
+    csv = out.with_suffix(".csv")
+    done = pd.read_csv(csv) if csv.is_file() else pd.DataFrame(columns=["variant", "seed", "iterations", "batch"])
+    same = (done["iterations"] == a.iterations) & (done["batch"] == a.batch)
+    if not same.all():
+        p.error(f"--out {out}: {csv} holds runs of other iterations or batch; choose another --out")
+    for runs in measure(params, a.experiment, store, a.iterations, a.batch, a.seeds, a.variants, done):
+        with atomic_path(csv) as tmp:       # after every run: an interrupted ablation resumes where it stopped
+            runs.to_csv(tmp, index=False)
+        with atomic_path(out.with_suffix(".md")) as tmp:
+            tmp.write_text(f"# {a.experiment} KDM: our settings against the authors', one at a time\n\n"
+                           f"Store {store_path} ({len(store)} pairs); {a.iterations} iterations at batch {a.batch}; "
+                           f"metrics of the evaluate stage on its {params[a.experiment]['evaluate']['samples']} "
+                           "evaluation samples (mean ± std over the training seeds run so far).\n\n"
+                           + summary(runs).to_markdown(index=False, floatfmt="+.4f") + "\n")
 
 
 if __name__ == "__main__":
