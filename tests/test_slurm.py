@@ -68,7 +68,7 @@ def test_pipeline_runs_through_slurm(tmp_path, node):
     log = r.stdout + r.stderr
 
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.", log)
-    assert len(submitted) == 10, log[-4000:]           # every job of the tiny DAG but the local `all`
+    assert len(submitted) == 10, log[-4000:]           # every job of the tiny DAG but the local `all` and `check`
     rules = set()
     for jobid, slurm_log in submitted:
         job = slurm_job(jobid)

@@ -11,6 +11,7 @@ rule check:
         checked=dag.CHECKED,
     log:
         "logs/check.log",
+    localrule: True  # a second's work: not worth a cluster job
     conda:
         "../envs/kdm.yaml"
     shell:
