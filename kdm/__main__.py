@@ -161,7 +161,7 @@ def _verify(params, exp) -> int:
 def _check(params, source) -> int:
     """The check stage (kdm.dag.check): the params are valid (loaded), the files they name exist, and under
     DVC the DAG it runs is the one these params give (a stale dvc.yaml would run other stages)."""
-    config.check_files(params, source)
+    named = config.check_files(params, source)
     if "DVC_STAGE" in os.environ and _dvc_yaml(params, check=True):
         return 2
     stage = dag.check()
@@ -169,7 +169,7 @@ def _check(params, source) -> int:
     with atomic_path(stage.outs.checked) as tmp:
         tmp.write_text(f"{source} and the files it names passed `{stage.cmd}`; the stages that read them depend "
                        "on this file (kdm/dag.py, check)\n")
-    log.info("%s: valid; the %d files it names exist", source, len(config.named_files(params)))
+    log.info("%s: valid; the %d files it names exist", source, len(named))
     return 0
 
 

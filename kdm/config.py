@@ -194,13 +194,16 @@ def named_files(params: dict) -> list[tuple[str, str, str]]:
                   if e.validator == "format" and e.absolute_path and e.absolute_path[0] in listed)
 
 
-def check_files(params: dict, source: str = "params.yaml") -> None:
+def check_files(params: dict, source: str = "params.yaml") -> list[tuple[str, str, str]]:
     """Raise ParamsError naming every file the experiments read that is not there (relative paths are from
-    the project directory), so that neither tool starts, and removes the outputs of, a stage that would fail."""
+    the project directory), so that neither tool starts, and removes the outputs of, a stage that would fail;
+    else return them (named_files)."""
+    named = named_files(params)
     missing = [f"{source}: {key}: {path} {'is not' if Path(path).exists() else 'does not exist; expected'} "
-               f"{FILE_FORMATS[fmt][1]}" for key, path, fmt in named_files(params) if not FILE_FORMATS[fmt][0](Path(path))]
+               f"{FILE_FORMATS[fmt][1]}" for key, path, fmt in named if not FILE_FORMATS[fmt][0](Path(path))]
     if missing:     # all of them at once: a preset names several
         raise ParamsError("\n".join(missing) + "\n(the pipeline downloads nothing: README, Paper scale)")
+    return named
 
 
 def load(path: str | Path = "params.yaml") -> dict:
