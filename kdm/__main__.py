@@ -13,6 +13,9 @@
     python -m kdm dvc-yaml [--check]      # (re)generate dvc.yaml (and workflow/benchmark/dvc.yaml) from params.yaml
     python -m kdm check                   # params.yaml and the files it names: the first stage of both DAGs
     python -m kdm verify EXP              # full sha256 check of the pair shards, store and teacher samples
+    python -m kdm export EXP MODEL --seeds 0-49999 --outdir DIR [--subdirs]
+                                          # MODEL teacher | kdm-s0 | kd-s1 ...: one PNG per seed, named and drawn
+                                          # as EDM's generate.py does (for any external FID tool)
 
 Pair sets are checked on every open: a fast check (sizes, headers, hashes of each array's first and
 last MiB) by default, every byte with KDM_VERIFY=full in the environment.
@@ -59,11 +62,32 @@ def _parser():
     sub.add_parser("table")
     sub.add_parser("benchmark")
     sub.add_parser("verify", help="check every pair set of an experiment byte by byte").add_argument("exp")
+    s = sub.add_parser("export", help="write a built model's images as PNGs named by seed, as EDM's generate.py")
+    s.add_argument("exp")
+    s.add_argument("model", help="teacher, or a student run such as kdm-s0 or kd-s1")
+    s.add_argument("--seeds", type=_int_list, required=True, help="seeds such as 0-49999 or 0,5,10-19")
+    s.add_argument("--outdir", type=Path, required=True)
+    s.add_argument("--subdirs", action="store_true", help="one folder per 1000 seeds, as EDM's --subdirs")
+    s.add_argument("--batch", type=int, default=None, help="images per call (default: evaluate.batch)")
     sub.add_parser("check", help="check params.yaml, the files it names and (under DVC) dvc.yaml; write "
                    f"{dag.CHECKED}")
     s = sub.add_parser("dvc-yaml", help="write dvc.yaml for params.yaml's experiments (and the benchmark's)")
     s.add_argument("--check", action="store_true", help="only check that the DVC files are up to date")
     return p
+
+
+def _int_list(text: str) -> list[int]:
+    """EDM's seed syntax: '0-99' or '1,5,10-19' (ranges inclusive)."""
+    out = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        try:
+            out += list(range(int(lo), int(hi or lo) + 1))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected seeds such as 0-99 or 1,5,10-19") from None
+    if not out or min(out) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected non-negative seeds such as 0-99 or 1,5,10-19")
+    return out
 
 
 def _check_experiment(params: dict, exp: str, source: str) -> None:
@@ -124,6 +148,9 @@ def main(argv=None) -> int:
         if a.command == "verify":
             _check_experiment(params, a.exp, a.params)
             return _verify(params, a.exp)
+        if a.command == "export":
+            _check_experiment(params, a.exp, a.params)
+            return _export(params, a)
         stage = resolve_stage(params, a)
     except config.ParamsError as e:
         print(f"kdm: error: {e}", file=sys.stderr)
@@ -156,6 +183,27 @@ def _verify(params, exp) -> int:
             failed += 1
             print(f"{d}: FAILED: {e}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _export(params, a) -> int:
+    """`export`: a built model's images for the given seeds, one PNG each, as EDM's generate.py writes them."""
+    runs = {"teacher": dag.teacher_pt(a.exp)} | {dag.student_run(m, s): dag.model_files(a.exp, dag.student_run(m, s))[
+        "outs"].model for m in dag.STUDENTS for s in params[a.exp]["train_seeds"]}
+    if a.model not in runs:
+        raise config.ParamsError(f"export {a.exp} {a.model}: no such model; {a.params} gives {a.exp} the models "
+                                 f"{', '.join(runs)}")
+    if not dag.images(params, a.exp):
+        raise config.ParamsError(f"export {a.exp}: not an image experiment (data.kind "
+                                 f"{params[a.exp]['data']['kind']!r}); PNGs are written for images only")
+    sampling = importlib.import_module("kdm.sampling")      # torch and the library: only now, as for a stage
+    try:
+        n = sampling.export_pngs(runs[a.model], params[a.exp], a.seeds, a.outdir, a.subdirs, a.batch,
+                                 one_step=a.model != "teacher", desc=f"export {a.exp} {a.model}")
+    except (OSError, ValueError) as e:
+        print(f"kdm: error: {e}; build it first (snakemake --cores all {runs[a.model]})", file=sys.stderr)
+        return 1
+    print(f"{a.outdir}: {n} images of {a.exp} {a.model}, seeds {a.seeds[0]}..{a.seeds[-1]}")
+    return 0
 
 
 def _check(params, source) -> int:

@@ -74,17 +74,17 @@ def edm_sampler(denoise, x_T, steps: int, sigma_min: float, sigma_max: float, rh
     return x.to(torch.float32)
 
 
-def seed_noise(seeds, shape) -> torch.Tensor:
-    """Standard normal noise, one tensor per seed, each a pure function of its seed alone."""
-    out = torch.empty((len(seeds),) + tuple(shape))
+def seed_latents(seeds, shape, label_dim: int = 0) -> tuple[torch.Tensor, np.ndarray | None]:
+    """EDM's generate.py, seed by seed: a generator seeded with the seed draws the standard normal noise and then,
+    for a conditional model (label_dim > 0), the class label, uniform over label_dim. Each seed's noise and label are
+    a pure function of that seed alone, and conditional pair s is EDM's image s."""
+    noise = torch.empty((len(seeds),) + tuple(shape))
+    labels = np.empty(len(seeds), np.int64) if label_dim else None
     g = torch.Generator()
     for i, s in enumerate(np.asarray(seeds).tolist()):
-        g.manual_seed(s)
-        torch.randn(shape, generator=g, out=out[i])
-    return out
+        g.manual_seed(s % (1 << 32))
+        torch.randn(shape, generator=g, out=noise[i])
+        if label_dim:
+            labels[i] = torch.randint(label_dim, size=(), generator=g)
+    return noise, labels
 
-
-def seed_labels(seeds, label_dim: int) -> np.ndarray:
-    """A class label per seed, uniform over label_dim classes, from a stream independent of the seed's noise."""
-    return np.array([np.random.default_rng([s, 1]).integers(label_dim) for s in np.asarray(seeds).tolist()],
-                    dtype=np.int64)

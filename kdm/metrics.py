@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from kdm.device import device
+from kdm.images import to_uint8
 from kdm.io import atomic_path, read_json, sha256_file
 from kdm.models import load_model
 
@@ -87,8 +88,8 @@ class Images(Dataset):
 
 
 def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float images as the 0..255 uint8 RGB the Inception network expects (grey repeated)."""
-    x = ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    """[-1, 1] float images as the 0..255 uint8 RGB the Inception network expects (grey repeated), quantised as EDM writes images."""
+    x = to_uint8(images)
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 

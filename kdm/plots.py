@@ -8,6 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from kdm.images import to_uint8  # noqa: E402
 from kdm.io import atomic_path  # noqa: E402
 
 
@@ -68,8 +69,8 @@ def spectrum(matrix, path, title: str) -> None:
 
 
 def _tiles(images: np.ndarray) -> np.ndarray:
-    """(n, c, h, w) images in [-1, 1] as (n, h, w[, 3]) in [0, 1] for imshow."""
-    x = np.clip((np.asarray(images, dtype=np.float32) + 1) / 2, 0, 1)
+    """(n, c, h, w) images in [-1, 1] as (n, h, w[, 3]) uint8 for imshow: the pixels EDM would write."""
+    x = to_uint8(images).numpy()
     return x[:, 0] if x.shape[1] == 1 else x.transpose(0, 2, 3, 1)
 
 
@@ -82,7 +83,7 @@ def image_grid(images: np.ndarray, path, title: str, labels=None) -> None:
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < len(tiles):
-            ax.imshow(tiles[i], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.imshow(tiles[i], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
             if labels is not None:
                 ax.set_title(str(int(labels[order[i]])), fontsize=6, pad=1)
     fig.suptitle(title, fontsize=9)
@@ -94,7 +95,7 @@ def image_pairs(top: np.ndarray, bottom: np.ndarray, path, names: tuple[str, str
     fig, axes = plt.subplots(2, len(top), figsize=(len(top) * 0.6, 1.6), squeeze=False)
     for row, (images, name) in enumerate(((top, names[0]), (bottom, names[1]))):
         for ax, tile in zip(axes[row], _tiles(images)):
-            ax.imshow(tile, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.imshow(tile, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
         axes[row, 0].set_ylabel(name, fontsize=7)

@@ -12,7 +12,8 @@ import torch
 from tqdm import tqdm
 
 from kdm.device import device
-from kdm.edm import edm_sampler, seed_labels, seed_noise
+from kdm.edm import edm_sampler, seed_latents
+from kdm.images import save_pngs
 from kdm.io import atomic_path, sha256_file
 from kdm.models import load_model
 
@@ -34,7 +35,8 @@ def pairs_meta(model_pt, P, net=None) -> dict:
 def sample(net, seeds: np.ndarray, sampler: dict, batch: int, desc: str, partial: Path | None = None,
            run_id: str = "") -> dict:
     """Pair arrays for `seeds`: x_T = sigma_max * eps(seed), x_0 = Heun ODE solution, in batches; for a
-    conditional teacher also the class label each seed requests (kdm.edm.seed_labels).
+    conditional teacher also the class label each seed requests, both as EDM's generate.py draws them
+    (kdm.edm.seed_latents).
 
     A short last batch is padded to `batch` rows: CPU matmul kernels differ for very small batches
     (last-bit differences), so padding makes each pair independent of where the seed range ends and
@@ -44,12 +46,15 @@ def sample(net, seeds: np.ndarray, sampler: dict, batch: int, desc: str, partial
     shape, on = net.data_shape, next(net.parameters()).device
     xT = np.empty((len(seeds),) + shape, np.float32)
     x0 = np.empty_like(xT)
-    labels = seed_labels(seeds, net.label_dim) if net.label_dim else None
+    labels = np.empty(len(seeds), np.int64) if net.label_dim else None
     done = _resume(partial, run_id) if partial else set()
     for lo in tqdm(range(0, len(seeds), batch), desc=desc, mininterval=2.0):
         hi = min(lo + batch, len(seeds))
-        noise = sampler["sigma_max"] * seed_noise(seeds[lo:hi], shape)
+        eps, y = seed_latents(seeds[lo:hi], shape, net.label_dim)
+        noise = sampler["sigma_max"] * eps
         xT[lo:hi] = noise.numpy()
+        if labels is not None:
+            labels[lo:hi] = y
         if lo in done:
             x0[lo:hi] = np.load(partial / f"{lo:012d}.npy")
             continue
@@ -64,6 +69,34 @@ def sample(net, seeds: np.ndarray, sampler: dict, batch: int, desc: str, partial
     if done:
         log.info("%s: resumed; %d of %d batches were already done", desc, len(done), -(-len(seeds) // batch))
     return {"x0": x0, "xT": xT, "seeds": seeds} | ({} if labels is None else {"labels": labels})
+
+
+@torch.inference_mode()
+def generate(net, seeds: np.ndarray, sampler: dict, batch: int, desc: str, one_step: bool):
+    """Images x_0 for `seeds` and the labels they requested (None for an unconditional model), as EDM's
+    generate.py makes them: per-seed noise and labels (kdm.edm.seed_latents), x_T = sigma_max * eps, then a
+    teacher's Heun sampler or a one-step student's single call."""
+    if not one_step:
+        arrays = sample(net, seeds, sampler, batch, desc)
+        return arrays["x0"], arrays.get("labels")
+    on, x0, labels = next(net.parameters()).device, [], []
+    for lo in tqdm(range(0, len(seeds), batch), desc=desc, mininterval=2.0):
+        eps, y = seed_latents(seeds[lo:lo + batch], net.data_shape, net.label_dim)
+        x0.append(net((sampler["sigma_max"] * eps).to(on), None if y is None else torch.from_numpy(y).to(on)).cpu())
+        labels.append(y)
+    return torch.cat(x0).numpy(), (np.concatenate(labels) if net.label_dim else None)
+
+
+def export_pngs(model_pt, P: dict, seeds, outdir, subdirs: bool, batch: int | None, one_step: bool, desc: str) -> int:
+    """The images of the model at `model_pt` for `seeds`, one PNG each, named as EDM's generate.py names them
+    (kdm.images); `P` the experiment's params (its sampler; batch default evaluate.batch)."""
+    net = load_model(model_pt, to=device())
+    seeds, batch = np.asarray(seeds, np.int64), batch or P["evaluate"]["batch"]
+    chunk = 10 * batch          # a chunk at a time: 50k CIFAR images need not fit in memory
+    for lo in range(0, len(seeds), chunk):
+        x0, _ = generate(net, seeds[lo:lo + chunk], P["sampler"], batch, desc, one_step)
+        save_pngs(x0, seeds[lo:lo + chunk], outdir, subdirs)
+    return len(seeds)
 
 
 def _resume(partial: Path, run_id: str) -> set[int]:

@@ -28,7 +28,7 @@ from workspace import merge  # noqa: E402
 
 from kdm import config, dag, datasets  # noqa: E402
 from kdm.device import device  # noqa: E402
-from kdm.edm import seed_noise  # noqa: E402
+from kdm.edm import seed_latents  # noqa: E402
 from kdm.io import atomic_path  # noqa: E402
 from kdm.metrics import Quality  # noqa: E402
 from kdm.pairset import open_pairset  # noqa: E402
@@ -67,7 +67,7 @@ def evaluate(net, P: dict, on) -> dict:
     ev = P["evaluate"]
     data = datasets.make(P["data"])
     seeds = np.arange(ev["seed_start"], ev["seed_start"] + ev["samples"], dtype=np.int64)
-    x_T = P["sampler"]["sigma_max"] * seed_noise(seeds, config.data_shape(P["data"]))
+    x_T = P["sampler"]["sigma_max"] * seed_latents(seeds, config.data_shape(P["data"]))[0]
     net = net.to(on)
     with torch.inference_mode():
         x0 = torch.cat([net(x_T[i:i + ev["batch"]].to(on)).cpu() for i in range(0, len(x_T), ev["batch"])])

@@ -2,6 +2,8 @@
 import copy
 import hashlib
 
+import sys
+
 import pytest
 import yaml
 
@@ -155,15 +157,41 @@ def test_digits_table_has_image_metrics_floor_and_published_rows(digits):
 
 def test_digits_outputs_and_conditional_store(digits):
     import numpy as np
-    from kdm.edm import seed_labels
+    from edm_generate import edm_generate_latents
     root = digits.path / "results/digits-cond"
     for png in ("classifier/loss.png", "teacher/loss.png", "kdm-s0/loss.png", "kdm-s0/spectrum.png",
                 "eval/teacher/samples.png", "eval/kdm-s0/samples.png", "eval/kd-s0/samples.png",
                 "eval/kdm-s0/analysis.png", "eval/data-resampled/samples.png"):
         assert (root / png).stat().st_size > 1000, png
     seeds, labels = np.load(root / "store/seeds.npy"), np.load(root / "store/labels.npy")
-    assert len(seeds) == 128 and np.array_equal(labels, seed_labels(seeds, 10))
+    assert seeds.tolist() == list(range(128)) and labels.tolist() == edm_generate_latents(seeds, (1, 8, 8), 10)[1]
     assert "adv" in (root / "kdm-s0/train.csv").read_text().splitlines()[0].split(",")
+
+
+def test_export_writes_edms_pngs_of_a_built_model(digits, tmp_path):
+    """`export`: seed s's image as EDM's generate.py names and quantises it, from s's noise and label."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from kdm.images import to_uint8
+    from kdm.models import load_model
+    store = digits.path / "results/digits-cond/store"
+    xT, labels = np.load(store / "xT.npy")[:12], np.load(store / "labels.npy")[:12]
+    digits.run(sys.executable, "-m", "kdm", "export", "digits-cond", "kdm-s0", "--seeds", "0-3,4-11",
+               "--outdir", str(tmp_path / "kdm"), "--batch", "5")
+    net = load_model(digits.path / "results/digits-cond/kdm-s0/model.pt")
+    want = to_uint8(net(torch.from_numpy(xT), torch.from_numpy(labels)))[:, 0].numpy().astype(int)
+    got = np.stack([np.asarray(Image.open(tmp_path / f"kdm/{s:06d}.png")) for s in range(12)])
+    assert got.dtype == np.uint8 and got.shape == (12, 8, 8)
+    # this process's thread count and batches differ from export's: float rounding may move a pixel across a level
+    assert np.abs(got - want).max() <= 1 and (got != want).mean() < 0.01
+    digits.run(sys.executable, "-m", "kdm", "export", "digits-cond", "teacher", "--seeds", "1000-1001",
+               "--outdir", str(tmp_path / "teacher"), "--subdirs")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "teacher").rglob("*.png")) == [
+        "teacher/001000/001000.png", "teacher/001000/001001.png"]
+    r = digits.run(sys.executable, "-m", "kdm", "export", "digits-cond", "kdm-s7", "--seeds", "0-1", "--outdir",
+                   str(tmp_path / "x"), check=False)
+    assert r.returncode == 2 and "teacher, kdm-s0, kd-s0" in r.stderr and not (tmp_path / "x").exists()
 
 
 def test_dvc_adopts_the_image_pipeline(digits):

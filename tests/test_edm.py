@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from kdm.edm import EDMPrecond, edm_sampler, nfe, seed_noise, sigma_steps
+from edm_generate import edm_generate_latents
+from kdm.edm import EDMPrecond, edm_sampler, nfe, seed_latents, sigma_steps
 
 
 def gaussian_denoiser(mu, var):
@@ -31,7 +32,7 @@ def test_heun_converges_to_closed_form_at_second_order():
     this stiff case (variance 0.01) is within 15%; with 144 steps within 0.2%."""
     mu = torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64)
     var = torch.tensor([0.25, 1.0, 0.01], dtype=torch.float64)
-    x_T = 80.0 * seed_noise(np.arange(256), (3,))
+    x_T = 80.0 * seed_latents(np.arange(256), (3,))[0]
     errors = {n: heun_error(n, mu, var, x_T) for n in (18, 36, 72, 144)}
     assert errors[18] < 0.15, errors
     assert errors[144] < 2e-3, errors
@@ -42,7 +43,7 @@ def test_heun_converges_to_closed_form_at_second_order():
 def test_heun_is_exact_for_a_point_mass_denoiser():
     """D = const makes the ODE x(s) = c + (x_T - c) s / s_T, which Heun integrates exactly."""
     c = torch.tensor([0.5, -0.25])
-    x_T = 80.0 * seed_noise(np.arange(16), (2,))
+    x_T = 80.0 * seed_latents(np.arange(16), (2,))[0]
     got = edm_sampler(lambda x, s, y: c.expand_as(x), x_T, 18, 0.002, 80.0, 7.0)
     assert torch.allclose(got, c.expand_as(got), atol=1e-6)
 
@@ -66,8 +67,16 @@ def test_precond_coefficients_at_extremes():
     assert net(x, torch.full((4,), 1e6)).abs().max() < 1e-9
 
 
-def test_seed_noise_is_a_function_of_the_seed_alone():
-    a = seed_noise([5, 6, 7], (3,))
-    b = seed_noise([7, 6], (3,))
-    assert torch.equal(a[2], b[0]) and torch.equal(a[1], b[1])
+def test_seed_latents_are_a_function_of_the_seed_alone():
+    (a, ya), (b, yb) = seed_latents([5, 6, 7], (3,), 10), seed_latents([7, 6], (3,), 10)
+    assert torch.equal(a[2], b[0]) and torch.equal(a[1], b[1]) and ya[2] == yb[0] and ya[1] == yb[1]
     assert not torch.equal(a[0], a[1])
+    assert torch.equal(seed_latents([5, 6, 7], (3,))[0], a), "the label is drawn after the noise"
+
+
+def test_seed_latents_are_edms_noise_and_labels():
+    seeds = np.arange(100)
+    noise, labels = seed_latents(seeds, (1, 8, 8), 10)
+    edm_noise, edm_labels = edm_generate_latents(seeds, (1, 8, 8), 10)
+    assert torch.equal(noise, edm_noise) and labels.tolist() == edm_labels
+    assert len(set(edm_labels)) == 10

@@ -60,3 +60,10 @@ def test_metrics_through_torch_fidelity(classifier_pt, digits):
     assert set(real) == {"fid", "kid", "precision", "recall"}
     assert 0 <= real["fid"] < noisy["fid"] and real["kid"] < noisy["kid"]
     assert real["precision"] > noisy["precision"] and real["recall"] > 0.5
+
+
+def test_images_become_uint8_as_edm_writes_them():
+    from kdm.images import to_uint8
+    x = torch.tensor([-1.0, 0.0, 1.0, (100.7 - 128) / 127.5, (100.2 - 128) / 127.5, -3.0, 3.0])
+    assert to_uint8(x).tolist() == [0, 128, 255, 100, 100, 0, 255]      # truncated, not rounded: 100.7 -> 100
+    assert to_uint8(x.numpy()).dtype == torch.uint8
