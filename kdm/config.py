@@ -116,7 +116,8 @@ def _check_pairs(source: str, name: str, exp: dict) -> None:
     if pairs["count"] % pairs["shards"]:
         raise ParamsError(f"{source}: {name}.pairs.shards: {pairs['shards']} does not divide "
                           f"{name}.pairs.count = {pairs['count']}; expected a divisor")
-    if ev["seed_start"] < pairs["seed_start"] + pairs["count"] and ev["seed_start"] + ev["samples"] > pairs["seed_start"]:
+    if ev["seed_start"] < pairs["seed_start"] + pairs["count"] and \
+            ev["seed_start"] + ev["samples"] * ev["seed_sets"] > pairs["seed_start"]:
         raise ParamsError(f"{source}: {name}.evaluate.seed_start: seeds overlap the training pairs' "
                           f"seeds; expected fresh noise (a range disjoint from {name}.pairs)")
 

@@ -130,7 +130,9 @@ def test_decomposed_operator_runs_through_the_pipeline(tmp_path, params):
 def digits(tmp_path_factory):
     """The conditional digits experiment, tiny, built once by Snakemake."""
     from conftest import tiny_digits
-    ws = Workspace(tmp_path_factory.mktemp("digits"), tiny_digits("digits-cond"))
+    params = tiny_digits("digits-cond")
+    params["digits-cond"]["evaluate"]["seed_sets"] = 2          # EDM's protocol, in small
+    ws = Workspace(tmp_path_factory.mktemp("digits"), params)
     ws.snakemake()
     return ws
 
@@ -148,6 +150,10 @@ def test_digits_table_has_image_metrics_floor_and_published_rows(digits):
     assert ours.loc["kdm", "compared_at"] == ours.loc["kd", "compared_at"] == "equal iterations"
     assert ours.loc["kdm", "iterations"] == 10 and ours.loc["kdm", "nfe"] == 1 and ours.loc["teacher", "nfe"] == 7
     assert ours.loc["kdm", "speedup"] > 1 and ours.loc["kd", "speedup"] > 1 and pd.isna(ours.loc["teacher", "speedup"])
+    assert (table["reference"].notna()).all() and (ours["reference"] == "digits-train").all()
+    for model in ("teacher", "kdm", "kd"):      # two seed sets: mean, min and spread over them
+        assert ours.loc[model, "seed_sets"] == 2 and ours.loc[model, "fid_min"] <= ours.loc[model, "fid"]
+        assert ours.loc[model, "fid_sets_std"] > 0 and ours.loc[model, "class_acc_sets_std"] >= 0
     published = table[~table["source"].str.startswith("ours@")]
     assert {"cifar10-uncond", "cifar10-cond"} <= set(published["experiment"])
     assert published.loc[(published["model"] == "GET-B") & (published["experiment"] == "cifar10-uncond"),

@@ -7,6 +7,10 @@ recall through torch-fidelity for images with the experiment's classifier as the
 class_acc for conditional models; with Inception, FID against the reference statistics (EDM's protocol).
 With the classifier the evaluator's own floor is measured too (`data`): FID of resampled real images
 against the real set, and of two disjoint halves of it.
+
+EDM's protocol measures FID on three disjoint seed ranges and reports the minimum: with `evaluate.seed_sets` K,
+the teacher samples K ranges of `samples` seeds, every student is measured on the same K ranges, and each metric
+is written as its mean over the ranges, with (K > 1) its spread and, for distances, its minimum.
 """
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ from kdm.sampling import sample, speed, speed_labels, teacher_identity, teacher_
 
 log = logging.getLogger("kdm.evaluate")
 
+DISTANCES = ("fid", "kid", "sw2")       # lower is better: their minimum over seed sets is EDM's reported number
+
 
 def draw(data, x0: np.ndarray, labels, path, title: str) -> None:
     if data.images:
@@ -40,16 +46,36 @@ def _labels(arrays) -> torch.Tensor | None:
     return torch.from_numpy(np.asarray(arrays["labels"])) if "labels" in arrays else None
 
 
+def over_seed_sets(quality: Quality, x0: torch.Tensor, labels, ev: dict) -> dict:
+    """The quality of each of the `seed_sets` consecutive blocks of `samples` (disjoint seed ranges), as its mean
+    over the sets; with several sets also its sample std over them (`<metric>_sets_std`) and, for distances, the
+    minimum (`<metric>_min`)."""
+    n, k = ev["samples"], ev["seed_sets"]
+    sets = [quality(x0[i * n:(i + 1) * n], None if labels is None else labels[i * n:(i + 1) * n]) for i in range(k)]
+    out = {"seed_sets": k}
+    for key, value in sets[0].items():
+        if isinstance(value, str):      # what measured it (the extractor): the same for every set
+            out[key] = value
+            continue
+        values = np.array([s[key] for s in sets], dtype=np.float64)
+        out[key] = float(values.mean())
+        if k > 1:
+            out[f"{key}_sets_std"] = float(values.std(ddof=1))
+            if key in DISTANCES:
+                out[f"{key}_min"] = float(values.min())
+    return out
+
+
 def run_teacher(stage, P, quality: Quality):
     ev, sampler = P["evaluate"], P["sampler"]
     model_pt = stage.deps.teacher
     net = load_model(model_pt, to=device())
-    seeds = np.arange(ev["seed_start"], ev["seed_start"] + ev["samples"], dtype=np.int64)
+    seeds = np.arange(ev["seed_start"], ev["seed_start"] + ev["samples"] * ev["seed_sets"], dtype=np.int64)
     arrays = sample(net, seeds, sampler, ev["batch"], desc=stage.name)
     write_pairset(stage.outs.samples, arrays, {"teacher": teacher_identity(model_pt, net), "sampler": sampler})
     labels = _labels(arrays)
     result = {"nfe": nfe(sampler["steps"]), "ms_per_sample": teacher_speed(net, sampler, ev),
-              "params": count_params(net), **quality(torch.from_numpy(arrays["x0"]), labels)}
+              "params": count_params(net), **over_seed_sets(quality, torch.from_numpy(arrays["x0"]), labels, ev)}
     draw(quality.data, arrays["x0"], labels, stage.plots.grid, f"teacher ({result['nfe']} NFE)")
     return result
 
@@ -72,7 +98,7 @@ def run_student(stage, P, quality: Quality):
               "speedup": teacher_speed(load_model(stage.deps.teacher, to=on), P["sampler"], ev) / ms,
               "params": net.sampling_params(), "params_trained": count_params(net),
               "iterations": trained["params"][stage.args["model"]]["iterations"],
-              "train_minutes": trained["train_seconds"] / 60, **quality(x0, labels)}
+              "train_minutes": trained["train_seconds"] / 60, **over_seed_sets(quality, x0, labels, ev)}
     x0 = x0.numpy()
     name = stage.args["model"]
     draw(quality.data, x0, labels, stage.plots.grid, f"{name} (1 NFE)")
@@ -112,6 +138,7 @@ def run_data(stage, P, quality: Quality) -> None:
 
 def _write(stage, path, model, samples, result, P):
     result = {"experiment": stage.args["exp"], "model": model, "seed": stage.args.get("seed"), "samples": samples,
+              "reference": P["evaluate"]["reference_name"],
               **({"speed_batch": P["evaluate"]["speed_batch"]} if "ms_per_sample" in result else {}), **result,
               "provenance": provenance()}
     log.info("%s: %s", stage.name, {k: v for k, v in result.items() if k != "provenance"})

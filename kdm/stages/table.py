@@ -1,5 +1,8 @@
 """table: gather every metrics.json into results/table.csv and results/table.md (mean and spread over
-training seeds), with the published rows of kdm/published.yaml beside ours, each row saying its source."""
+training seeds), with the published rows of kdm/published.yaml beside ours, each row saying its source and the
+reference set its metrics were measured against (rows with different references are not comparable).
+With evaluate.seed_sets > 1 a metric's columns are its mean over the seed sets, `<metric>_min` (distances: EDM's
+reported number) and `<metric>_sets_std`, each then averaged over training seeds."""
 from __future__ import annotations
 
 import logging
@@ -15,8 +18,9 @@ log = logging.getLogger("kdm.table")
 PUBLISHED = Path(__file__).parents[1] / "published.yaml"      # facts from papers, shipped with the code
 KEYS = ["experiment", "model"]
 ORDER = ["nfe", "ms_per_sample", "speedup", "params", "fid", "kid", "precision", "recall", "class_acc", "coverage", "sw2",
-         "outlier_share", "samples", "iterations", "train_minutes"]
-TEXT = ["extractor"]
+         "outlier_share", "samples", "seed_sets", "iterations", "train_minutes"]
+ORDER = [c for base in ORDER for c in (base, f"{base}_min", f"{base}_sets_std")]     # a metric's seed-set columns
+TEXT = ["reference", "extractor"]
 SKIP = {"seed", "speed_batch", "provenance", "params_trained"}
 
 
@@ -41,14 +45,16 @@ def ours(metric_files) -> pd.DataFrame:
     return table
 
 
-PUBLISHED_KEYS = {"experiment", "model", "params", "nfe", "fid", "source"}
+PUBLISHED_KEYS = {"experiment", "model", "params", "nfe", "fid", "source", "reference"}
+PUBLISHED_REQUIRED = {"experiment", "model", "source", "reference"}
 
 
 def published_rows(path=PUBLISHED) -> pd.DataFrame:
     rows = yaml.safe_load(Path(path).read_text())
     for i, row in enumerate(rows):
-        if not isinstance(row, dict) or set(row) - PUBLISHED_KEYS or not {"experiment", "model", "source"} <= set(row):
-            raise ValueError(f"{path}: row {i + 1} is {row!r}; expected experiment, model, source and any of "
+        if not isinstance(row, dict) or set(row) - PUBLISHED_KEYS or not PUBLISHED_REQUIRED <= set(row):
+            raise ValueError(f"{path}: row {i + 1} is {row!r}; expected {', '.join(sorted(PUBLISHED_REQUIRED))} "
+                             "(the reference set, or unknown where the source does not say) and any of "
                              f"{sorted(PUBLISHED_KEYS)} (quote values that contain commas)")
     # every published number is an Inception FID on 50k samples (benchmarks.md)
     return pd.DataFrame(rows).assign(samples=50000, extractor="inception-v3-compat")
