@@ -8,6 +8,7 @@
     python -m kdm train EXP {kdm,kd} SEED
     python -m kdm evaluate EXP teacher | python -m kdm evaluate EXP {kdm,kd} SEED
     python -m kdm evaluate EXP data       # image experiments: the evaluator's floor on real images
+    python -m kdm curve EXP {kdm,kd} SEED # a student's snapshots against iterations (snapshots.every > 0)
     python -m kdm table
     python -m kdm benchmark               # speed, memory and scale: results/benchmarks.{csv,md,png}
     python -m kdm dvc-yaml [--check]      # (re)generate dvc.yaml (and workflow/benchmark/dvc.yaml) from params.yaml
@@ -59,6 +60,10 @@ def _parser():
     s.add_argument("exp")
     s.add_argument("model", choices=("data", "teacher") + dag.STUDENTS)
     s.add_argument("seed", type=int, nargs="?")
+    s = sub.add_parser("curve")
+    s.add_argument("exp")
+    s.add_argument("model", choices=dag.STUDENTS)
+    s.add_argument("seed", type=int)
     sub.add_parser("table")
     sub.add_parser("benchmark")
     sub.add_parser("verify", help="check every pair set of an experiment byte by byte").add_argument("exp")
@@ -102,7 +107,7 @@ def stage_name(a) -> str:
         return a.command
     if a.command == "pairs":
         return f"{a.exp}-pairs-{a.shard}"
-    if a.command in ("train", "evaluate") and a.seed is not None:
+    if a.command in ("train", "evaluate", "curve") and a.seed is not None:
         return f"{a.exp}-{a.command}-{dag.student_run(a.model, a.seed)}"
     return f"{a.exp}-{a.command}" + (f"-{a.model}" if a.command == "evaluate" else "")
 
@@ -129,7 +134,8 @@ def resolve_stage(params: dict, a) -> dag.Stage:
     if name not in known:
         e = params[a.exp]
         decide = [f"data.kind {e['data']['kind']!r}", f"pairs.source {e['pairs'].get('source', 'teacher')!r}",
-                  f"pairs.shards {e['pairs'].get('shards', 0)}", f"train_seeds {e['train_seeds']}"]
+                  f"pairs.shards {e['pairs'].get('shards', 0)}", f"train_seeds {e['train_seeds']}",
+                  f"snapshots.every {e['snapshots']['every']}"]
         if "extractor" in e["evaluate"]:
             decide.insert(1, f"evaluate.extractor.kind {e['evaluate']['extractor']['kind']!r}")
         raise config.ParamsError(f"{name}: {a.params} gives experiment {a.exp} no such stage ({a.exp} has "
@@ -198,7 +204,7 @@ def _export(params, a) -> int:
     sampling = importlib.import_module("kdm.sampling")      # torch and the library: only now, as for a stage
     try:
         n = sampling.export_pngs(runs[a.model], params[a.exp], a.seeds, a.outdir, a.subdirs, a.batch,
-                                 one_step=a.model != "teacher", desc=f"export {a.exp} {a.model}")
+                                 student=a.model != "teacher", desc=f"export {a.exp} {a.model}")
     except (OSError, ValueError) as e:
         print(f"kdm: error: {e}; build it first (snakemake --cores all {runs[a.model]})", file=sys.stderr)
         return 1

@@ -108,6 +108,10 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
 
 def _check_pairs(source: str, name: str, exp: dict) -> None:
     pairs, ev = exp["pairs"], exp["evaluate"]
+    if exp["snapshots"]["every"] and exp["snapshots"]["samples"] > ev["samples"]:     # (schema: samples iff every)
+        raise ParamsError(f"{source}: {name}.snapshots.samples: {exp['snapshots']['samples']} exceeds "
+                          f"{name}.evaluate.samples = {ev['samples']}; expected at most that many (the snapshots "
+                          "are measured on the first of the teacher's evaluation samples)")
     if imported(pairs):         # the store records the import's sigma_max; students and evaluation read sampler's
         if pairs["sigma_max"] != exp["sampler"]["sigma_max"]:
             raise ParamsError(f"{source}: {name}.pairs.sigma_max: {pairs['sigma_max']} differs from "

@@ -180,13 +180,21 @@ def store(exp, shards):
                  log=f"logs/{exp}/store.log", args=dict(exp=exp))
 
 
+def snapshot_dir(exp, run):
+    """A student's EMA snapshots (kdm.training): <iteration>.pt files and index.json, which lists them (none when
+    snapshots.every is 0)."""
+    return f"{_run_dir(exp, run)}/snapshots/"
+
+
 def train(exp, model, seed, gpus=1):
     run = student_run(model, seed)
     files = model_files(exp, run)
+    files["outs"]["snapshots"] = snapshot_dir(exp, run)
     if model == "kdm":      # every KDM run also draws the spectrum of its operator
         files["plots"]["spectrum"] = f"{_run_dir(exp, run)}/spectrum.png"
     return Stage(name=f"{exp}-train-{run}", cmd=f"{launch(gpus)} train {exp} {model} {seed}",
-                 deps=Files(store=store_dir(exp)), params=(f"{exp}.{model}",), log=f"logs/{exp}/train-{run}.log",
+                 deps=Files(store=store_dir(exp)), params=(f"{exp}.{model}", f"{exp}.snapshots.every"),
+                 log=f"logs/{exp}/train-{run}.log",
                  args=dict(exp=exp, model=model, seed=seed), **files)
 
 
@@ -216,6 +224,27 @@ def evaluate_student(params, exp, model, seed):
                  metrics=Files(metrics=f"{d}/metrics.json"),
                  plots=Files(grid=f"{d}/samples.png", analysis=f"{d}/analysis.png"),
                  args=dict(exp=exp, model=model, seed=seed))
+
+
+def curve(params, exp, model, seed):
+    """A student's EMA snapshots (snapshots.every) measured on the first snapshots.samples of the teacher's
+    evaluation samples: quality against iterations, a curve to look at; the table reports the final model."""
+    run = student_run(model, seed)
+    d = eval_dir(exp, run)
+    trained = model_files(exp, run)["outs"]
+    return Stage(name=f"{exp}-curve-{run}", cmd=f"python -m kdm curve {exp} {model} {seed}",
+                 deps=Files(model=trained.model, snapshots=snapshot_dir(exp, run),
+                            teacher_samples=evaluate_teacher(params, exp).outs.samples, **evaluator_deps(params, exp)),
+                 outs=Files(), params=(f"{exp}.data", f"{exp}.evaluate", f"{exp}.snapshots"),
+                 log=f"logs/{exp}/curve-{run}.log",
+                 plots=Files(csv=f"{d}/curve.csv", png=f"{d}/curve.png"), args=dict(exp=exp, model=model, seed=seed))
+
+
+def curves(params, exp):
+    """The curve stages of `exp`: none unless its students take snapshots."""
+    if not params[exp]["snapshots"]["every"]:
+        return []
+    return [curve(params, exp, m, s) for m in STUDENTS for s in params[exp]["train_seeds"]]
 
 
 def evaluate_data(params, exp):
@@ -269,7 +298,7 @@ def experiment_stages(params, exp) -> list[Stage]:
     out += [pairs(exp, i) for i in range(shard_count(params, exp))]
     out.append(store(exp, shard_count(params, exp)))
     out += [train(exp, m, s, gpus(params, exp, m)) for m in STUDENTS for s in params[exp]["train_seeds"]]
-    return out + list(evaluations(params, exp))
+    return out + list(evaluations(params, exp)) + curves(params, exp)
 
 
 def stages(params) -> list[Stage]:

@@ -90,6 +90,20 @@ def image_grid(images: np.ndarray, path, title: str, labels=None) -> None:
     _save(fig, path)
 
 
+def quality_curve(table, path, title: str) -> None:
+    """Each quality metric of a run's snapshots against training iterations, one panel per metric."""
+    metrics = [c for c in ("fid", "kid", "precision", "recall", "class_acc", "coverage", "sw2") if c in table]
+    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(3.6 * max(1, len(metrics)), 3.2), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        ax.plot(table["step"], table[metric], "o-", ms=3)
+        ax.set(xlabel="iteration", title=metric)
+    if not metrics:
+        axes[0, 0].text(0.5, 0.5, "no snapshots", ha="center", va="center", transform=axes[0, 0].transAxes)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def image_pairs(top: np.ndarray, bottom: np.ndarray, path, names: tuple[str, str]) -> None:
     """Two rows from the same noise: e.g. the teacher's samples above a student's."""
     fig, axes = plt.subplots(2, len(top), figsize=(len(top) * 0.6, 1.6), squeeze=False)

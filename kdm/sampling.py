@@ -72,29 +72,39 @@ def sample(net, seeds: np.ndarray, sampler: dict, batch: int, desc: str, partial
 
 
 @torch.inference_mode()
-def generate(net, seeds: np.ndarray, sampler: dict, batch: int, desc: str, one_step: bool):
+def generate(net, seeds: np.ndarray, sampler: dict, batch: int, desc: str, student: bool):
     """Images x_0 for `seeds` and the labels they requested (None for an unconditional model), as EDM's
     generate.py makes them: per-seed noise and labels (kdm.edm.seed_latents), x_T = sigma_max * eps, then a
     teacher's Heun sampler or a one-step student's single call."""
-    if not one_step:
+    if not student:
         arrays = sample(net, seeds, sampler, batch, desc)
         return arrays["x0"], arrays.get("labels")
-    on, x0, labels = next(net.parameters()).device, [], []
-    for lo in tqdm(range(0, len(seeds), batch), desc=desc, mininterval=2.0):
-        eps, y = seed_latents(seeds[lo:lo + batch], net.data_shape, net.label_dim)
-        x0.append(net((sampler["sigma_max"] * eps).to(on), None if y is None else torch.from_numpy(y).to(on)).cpu())
-        labels.append(y)
-    return torch.cat(x0).numpy(), (np.concatenate(labels) if net.label_dim else None)
+    eps, labels = seed_latents(seeds, net.data_shape, net.label_dim)
+    y = None if labels is None else torch.from_numpy(labels)
+    return one_step(net, sampler["sigma_max"] * eps, y, batch).numpy(), labels
 
 
-def export_pngs(model_pt, P: dict, seeds, outdir, subdirs: bool, batch: int | None, one_step: bool, desc: str) -> int:
+def requested_labels(arrays) -> torch.Tensor | None:
+    """The class labels a pair set's seeds requested (a conditional teacher's), or None."""
+    return torch.from_numpy(np.asarray(arrays["labels"])) if "labels" in arrays else None
+
+
+@torch.inference_mode()
+def one_step(net, x_T: torch.Tensor, labels: torch.Tensor | None, batch: int) -> torch.Tensor:
+    """A one-step student's x_0 for every x_T (and requested label), in batches on its device; on the CPU."""
+    on = next(net.parameters()).device
+    return torch.cat([net(x_T[i:i + batch].to(on), None if labels is None else labels[i:i + batch].to(on)).cpu()
+                      for i in range(0, len(x_T), batch)])
+
+
+def export_pngs(model_pt, P: dict, seeds, outdir, subdirs: bool, batch: int | None, student: bool, desc: str) -> int:
     """The images of the model at `model_pt` for `seeds`, one PNG each, named as EDM's generate.py names them
     (kdm.images); `P` the experiment's params (its sampler; batch default evaluate.batch)."""
     net = load_model(model_pt, to=device())
     seeds, batch = np.asarray(seeds, np.int64), batch or P["evaluate"]["batch"]
     chunk = 10 * batch          # a chunk at a time: 50k CIFAR images need not fit in memory
     for lo in range(0, len(seeds), chunk):
-        x0, _ = generate(net, seeds[lo:lo + chunk], P["sampler"], batch, desc, one_step)
+        x0, _ = generate(net, seeds[lo:lo + chunk], P["sampler"], batch, desc, student)
         save_pngs(x0, seeds[lo:lo + chunk], outdir, subdirs)
     return len(seeds)
 

@@ -6,6 +6,7 @@ import copy
 import csv
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -123,7 +124,7 @@ def _save(path: Path, progress: dict, parts: dict, gen: torch.Generator, rank: i
 def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator], dict], weights: dict,
                optim: dict, seed: int, grad_clip: float = 0.0, desc: str = "train",
                checkpoint: Path | None = None, run_id: str = "", companions: dict | None = None,
-               on: torch.device | str = "cpu"):
+               on: torch.device | str = "cpu", snapshots: Path | None = None, snapshot_every: int = 0):
     """Adam on sum(weights[k] * loss_k), lr constant or cosine-decayed; returns (EMA module on the CPU, log rows).
 
     The model (and companions) train on device `on`; `batch_losses` must hand it batches there.
@@ -153,6 +154,7 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
     on = torch.device(on)
     rank, world = ranks()
     batch_seed, global_seed = _seeds(seed, rank, world)
+    snapshots = snapshots if snapshot_every and rank == 0 else None
     gen = torch.Generator().manual_seed(batch_seed)
     # a CPU checkpoint never resumes on a GPU, nor the reverse; nor one of another number of ranks
     run_id = f"{run_id}/{on.type}/ranks={world}"
@@ -181,6 +183,8 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
         _restore(state, parts, gen, rank, on)
         rows, start = state["rows"], state["iteration"]
         log.info("%s: resumed from checkpoint %s at iteration %d", desc, checkpoint, start)
+    elif snapshots and snapshots.exists():      # another run's: this one starts from the beginning
+        shutil.rmtree(snapshots)
     if optim.get("compile"):
         _compile(model)                         # after the EMA's copy, which stays an eager module
     losses = batch_losses
@@ -221,11 +225,33 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
             if it % (every * 10) == 0 or it == iters - 1:
                 log.info("%s step %d/%d %s", desc, it + 1, iters,
                          " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step"))
+        if snapshots and (it + 1) % snapshot_every == 0:
+            save_snapshot(snapshots, it + 1, ema.module)
         if checkpoint and ckpt_every and (it + 1) % ckpt_every == 0 and it + 1 < iters and bad == 0:
             _save(checkpoint, {"run_id": run_id, "iteration": it + 1, "rows": rows}, parts, gen, rank, world, on)
     if own_group:
         dist.destroy_process_group()
     return ema.module.to("cpu", memory_format=torch.contiguous_format), rows
+
+
+def save_snapshot(directory: Path, iteration: int, module: torch.nn.Module) -> None:
+    """The EMA weights at `iteration`, as <iteration:09d>.pt (a state dict: the model's arch and kwargs are in its
+    model.pt)."""
+    with atomic_path(Path(directory) / f"{iteration:09d}.pt") as tmp:
+        torch.save({"iteration": iteration, "state_dict": module.state_dict()}, tmp)
+
+
+def finish_snapshots(partial: Path | None, out) -> None:
+    """Move the snapshots a run saved in `partial` to its output directory `out`, with index.json listing them
+    by iteration (an empty list when the run took none)."""
+    files = sorted(partial.glob("*.pt")) if partial and partial.is_dir() else []
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        for f in files:
+            f.rename(tmp / f.name)
+        write_json(tmp / "index.json", [{"iteration": int(f.stem), "file": f.name} for f in files])
+    if partial and partial.is_dir():
+        shutil.rmtree(partial)
 
 
 def write_rows(path, rows: list[dict]) -> None:

@@ -48,8 +48,8 @@ def test_snakemake_and_dvc_run_the_same_jobs(tmp_path, params, which):
 
 def test_each_stage_declares_only_its_own_sections(params):
     by_name = {s.name: s for s in dag.stages(params)}
-    assert by_name["checkerboard-train-kdm-s0"].params == ("checkerboard.kdm",)
-    assert by_name["checkerboard-train-kd-s0"].params == ("checkerboard.kd",)
+    assert by_name["checkerboard-train-kdm-s0"].params == ("checkerboard.kdm", "checkerboard.snapshots.every")
+    assert by_name["checkerboard-train-kd-s0"].params == ("checkerboard.kd", "checkerboard.snapshots.every")
     assert "checkerboard.kdm" not in by_name["checkerboard-evaluate-kdm-s0"].params
     for s in dag.stages(params):
         for key in s.params:
@@ -58,7 +58,7 @@ def test_each_stage_declares_only_its_own_sections(params):
 
 def test_stage_params_are_exactly_the_declared_sections(params):
     stage = dag.train("checkerboard", "kdm", 0)
-    assert dag.stage_params(params, stage) == {"kdm": params["checkerboard"]["kdm"]}
+    assert dag.stage_params(params, stage) == {"kdm": params["checkerboard"]["kdm"], "every": 0}   # snapshots.every
 
 
 def test_the_cli_runs_only_stages_the_params_have(tmp_path, params, capsys, monkeypatch):

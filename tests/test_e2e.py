@@ -174,6 +174,29 @@ def test_digits_outputs_and_conditional_store(digits):
     assert "adv" in (root / "kdm-s0/train.csv").read_text().splitlines()[0].split(",")
 
 
+def test_snapshot_curves_while_the_table_reports_the_final_model(digits):
+    import json
+    import pandas as pd
+    import torch
+    from kdm.models import load_model
+    root = digits.path / "results/digits-cond"
+    for run in ("kdm-s0", "kd-s0"):
+        index = json.loads((root / f"{run}/snapshots/index.json").read_text())
+        assert [e["iteration"] for e in index] == [5, 10]
+        curve = pd.read_csv(root / f"eval/{run}/curve.csv")
+        assert curve["step"].tolist() == [5, 10] and (curve["samples"] == 100).all()
+        assert curve[["fid", "kid", "precision", "recall", "class_acc"]].notna().all().all()
+        assert curve["fid"].iloc[0] != curve["fid"].iloc[1]
+        assert (root / f"eval/{run}/curve.png").stat().st_size > 1000
+    # the last snapshot is the final model; the table's FID is the evaluate stage's, on all its samples
+    last = torch.load(root / "kdm-s0/snapshots/000000010.pt", weights_only=True)["state_dict"]
+    final = load_model(root / "kdm-s0/model.pt").state_dict()
+    assert all(torch.equal(last[k], final[k]) for k in final)
+    table = pd.read_csv(digits.path / "results/table.csv")
+    kdm = table[(table["experiment"] == "digits-cond") & (table["model"] == "kdm")].iloc[0]
+    assert kdm["fid"] == json.loads((root / "eval/kdm-s0/metrics.json").read_text())["fid"] and kdm["samples"] == 200
+
+
 def test_export_writes_edms_pngs_of_a_built_model(digits, tmp_path):
     """`export`: seed s's image as EDM's generate.py names and quantises it, from s's noise and label."""
     import numpy as np

@@ -42,7 +42,8 @@ def test_preset_dry_runs_list_every_stage_under_both_tools(tmp_path, name):
     shards = params[name]["pairs"]["shards"]
     assert commands == sorted(["check", f"reference {name}", f"teacher {name}", f"store {name}", "table",
                                f"train {name} kdm 0", f"train {name} kd 0", f"evaluate {name} teacher",
-                               f"evaluate {name} kdm 0", f"evaluate {name} kd 0"]
+                               f"evaluate {name} kdm 0", f"evaluate {name} kd 0", f"curve {name} kdm 0",
+                               f"curve {name} kd 0"]
                               + [f"pairs {name} {i}" for i in range(shards)])
     (evaluate_kdm,) = [inputs for cmd, inputs, _ in smk if cmd.endswith(f"evaluate {name} kdm 0")]
     assert dag.reference(name).outs.stats in evaluate_kdm

@@ -28,7 +28,7 @@ from kdm.models import load_model
 from kdm.nets import count_params
 from kdm.pairset import open_pairset, write_pairset
 from kdm.provenance import provenance
-from kdm.sampling import sample, speed, speed_labels, teacher_identity, teacher_speed
+from kdm.sampling import one_step, requested_labels, sample, speed, speed_labels, teacher_identity, teacher_speed
 
 log = logging.getLogger("kdm.evaluate")
 
@@ -40,10 +40,6 @@ def draw(data, x0: np.ndarray, labels, path, title: str) -> None:
         plots.image_grid(x0[:100], path, title, labels=None if labels is None else labels[:100])
     else:
         plots.scatter(x0, path, title, lim=data.h * 1.25)
-
-
-def _labels(arrays) -> torch.Tensor | None:
-    return torch.from_numpy(np.asarray(arrays["labels"])) if "labels" in arrays else None
 
 
 def over_seed_sets(quality: Quality, x0: torch.Tensor, labels, ev: dict) -> dict:
@@ -73,7 +69,7 @@ def run_teacher(stage, P, quality: Quality):
     seeds = np.arange(ev["seed_start"], ev["seed_start"] + ev["samples"] * ev["seed_sets"], dtype=np.int64)
     arrays = sample(net, seeds, sampler, ev["batch"], desc=stage.name)
     write_pairset(stage.outs.samples, arrays, {"teacher": teacher_identity(model_pt, net), "sampler": sampler})
-    labels = _labels(arrays)
+    labels = requested_labels(arrays)
     result = {"nfe": nfe(sampler["steps"]), "ms_per_sample": teacher_speed(net, sampler, ev),
               "params": count_params(net), **over_seed_sets(quality, torch.from_numpy(arrays["x0"]), labels, ev)}
     draw(quality.data, arrays["x0"], labels, stage.plots.grid, f"teacher ({result['nfe']} NFE)")
@@ -87,10 +83,8 @@ def run_student(stage, P, quality: Quality):
     on = device()
     net = load_model(stage.deps.model, to=on)
     teacher = open_pairset(stage.deps.teacher_samples)
-    xT, labels = torch.from_numpy(np.asarray(teacher["xT"])), _labels(teacher.arrays)
-    with torch.inference_mode():
-        x0 = torch.cat([net(xT[i:i + ev["batch"]].to(on), None if labels is None else labels[i:i + ev["batch"]].to(on))
-                        .cpu() for i in range(0, len(xT), ev["batch"])])
+    xT, labels = torch.from_numpy(np.asarray(teacher["xT"])), requested_labels(teacher.arrays)
+    x0 = one_step(net, xT, labels, ev["batch"])
     labels_s = speed_labels(net, ev)
     ms = speed(lambda x: net(x, labels_s), net.data_shape, ev)
     trained = read_json(stage.deps.config)

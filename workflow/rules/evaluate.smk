@@ -67,3 +67,27 @@ rule evaluate_student:
         evaluate=section("evaluate"),
     shell:
         "python -m kdm evaluate {wildcards.exp} {wildcards.model} {wildcards.seed}"
+
+
+rule curve:
+    input:
+        unpack(evaluator),
+        model="results/{exp}/{model}-s{seed}/model.pt",
+        snapshots="results/{exp}/{model}-s{seed}/snapshots",
+        teacher_samples="results/{exp}/eval/teacher/samples",
+    output:
+        csv="results/{exp}/eval/{model}-s{seed}/curve.csv",
+        png="results/{exp}/eval/{model}-s{seed}/curve.png",
+    log:
+        "logs/{exp}/curve-{model}-s{seed}.log",
+    wildcard_constraints:
+        model="|".join(dag.STUDENTS),
+    conda:
+        "../envs/kdm.yaml"
+    threads: workflow.cores
+    params:
+        data=section("data"),
+        evaluate=section("evaluate"),
+        snapshots=section("snapshots"),
+    shell:
+        "python -m kdm curve {wildcards.exp} {wildcards.model} {wildcards.seed}"

@@ -7,6 +7,7 @@ rule train_kdm:
     output:
         model="results/{exp}/kdm-s{seed}/model.pt",
         config="results/{exp}/kdm-s{seed}/config.json",
+        snapshots=directory("results/{exp}/kdm-s{seed}/snapshots"),
         losses="results/{exp}/kdm-s{seed}/train.csv",
         loss_curve="results/{exp}/kdm-s{seed}/loss.png",
         spectrum="results/{exp}/kdm-s{seed}/spectrum.png",
@@ -21,6 +22,7 @@ rule train_kdm:
         nodes=1,  # torchrun --standalone: all of a job's GPUs on one node
     params:
         kdm=section("kdm"),
+        snapshot_every=section("snapshots.every"),
         launch=launch("kdm"),  # torchrun when it trains on several GPUs
     shell:
         "{params.launch} train {wildcards.exp} kdm {wildcards.seed}"
@@ -32,6 +34,7 @@ rule train_kd:
     output:
         model="results/{exp}/kd-s{seed}/model.pt",
         config="results/{exp}/kd-s{seed}/config.json",
+        snapshots=directory("results/{exp}/kd-s{seed}/snapshots"),
         losses="results/{exp}/kd-s{seed}/train.csv",
         loss_curve="results/{exp}/kd-s{seed}/loss.png",
     log:
@@ -45,6 +48,7 @@ rule train_kd:
         nodes=1,
     params:
         kd=section("kd"),
+        snapshot_every=section("snapshots.every"),
         launch=launch("kd"),
     shell:
         "{params.launch} train {wildcards.exp} kd {wildcards.seed}"
