@@ -35,7 +35,7 @@ def ws(tmp_path_factory):
 def test_two_processes_train_once_and_rerun_is_a_no_op(ws):
     assert " ".join(TORCHRUN) in (ws.path / "dvc.yaml").read_text()
     files = sorted(p.name for p in (ws.path / RUN).iterdir())
-    assert files == ["config.json", "loss.png", "model.pt", "spectrum.png", "train.csv"], files    # no leftovers
+    assert files == ["config.json", "loss.png", "model.pt", "snapshots", "spectrum.png", "train.csv"], files    # no leftovers
     model = load_model(ws.path / RUN / "model.pt", to="cpu")
     assert model(torch.zeros(3, 2)).shape == (3, 2)
     log = (ws.path / "logs/checkerboard/train-kdm-s0.log").read_text()
