@@ -94,6 +94,11 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
                 raise ParamsError(f"{source}: {name}.{key}.gpus: {gpus} does not divide {name}.{key}.batch = "
                                   f"{exp[key]['batch']}; expected a divisor (batch is the global batch)")
         _check_networks(source, name, exp)
+        snapshots, ev = exp["snapshots"], exp["evaluate"]
+        if snapshots["every"] and snapshots["samples"] > ev["samples"]:      # (schema: samples iff every)
+            raise ParamsError(f"{source}: {name}.snapshots.samples: {snapshots['samples']} exceeds "
+                              f"{name}.evaluate.samples = {ev['samples']}; expected at most that many (the snapshots "
+                              "are measured on the first of the teacher's evaluation samples)")
         sampler = exp["sampler"]
         if sampler["sigma_min"] >= sampler["sigma_max"]:
             raise ParamsError(f"{source}: {name}.sampler.sigma_min: {sampler['sigma_min']} must be "
@@ -108,10 +113,6 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
 
 def _check_pairs(source: str, name: str, exp: dict) -> None:
     pairs, ev = exp["pairs"], exp["evaluate"]
-    if exp["snapshots"]["every"] and exp["snapshots"]["samples"] > ev["samples"]:     # (schema: samples iff every)
-        raise ParamsError(f"{source}: {name}.snapshots.samples: {exp['snapshots']['samples']} exceeds "
-                          f"{name}.evaluate.samples = {ev['samples']}; expected at most that many (the snapshots "
-                          "are measured on the first of the teacher's evaluation samples)")
     if imported(pairs):         # the store records the import's sigma_max; students and evaluation read sampler's
         if pairs["sigma_max"] != exp["sampler"]["sigma_max"]:
             raise ParamsError(f"{source}: {name}.pairs.sigma_max: {pairs['sigma_max']} differs from "

@@ -14,8 +14,7 @@ from kdm.io import atomic_path
 def to_uint8(images) -> torch.Tensor:
     """[-1, 1] float images (a tensor or an array) as 0..255 uint8, as EDM does: x * 127.5 + 128, clipped, then
     truncated (not rounded) to an integer."""
-    x = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images)
-    return (x.float() * 127.5 + 128).clip(0, 255).to(torch.uint8)
+    return (torch.as_tensor(images).float() * 127.5 + 128).clip(0, 255).to(torch.uint8)
 
 
 def png_path(outdir: Path, seed: int, subdirs: bool) -> Path:

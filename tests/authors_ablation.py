@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))      # run as a script: the tests' workspace module beside it
 from workspace import merge  # noqa: E402
@@ -32,6 +31,7 @@ from kdm.edm import seed_latents  # noqa: E402
 from kdm.io import atomic_path  # noqa: E402
 from kdm.metrics import Quality  # noqa: E402
 from kdm.pairset import open_pairset  # noqa: E402
+from kdm.sampling import one_step  # noqa: E402
 from kdm.training import student_setup, train_loop  # noqa: E402
 
 # name -> (what the authors do, the kdm params that do it); file:line references in docs/authors-code.md
@@ -68,10 +68,7 @@ def evaluate(net, P: dict, on) -> dict:
     data = datasets.make(P["data"])
     seeds = np.arange(ev["seed_start"], ev["seed_start"] + ev["samples"], dtype=np.int64)
     x_T = P["sampler"]["sigma_max"] * seed_latents(seeds, config.data_shape(P["data"]))[0]
-    net = net.to(on)
-    with torch.inference_mode():
-        x0 = torch.cat([net(x_T[i:i + ev["batch"]].to(on)).cpu() for i in range(0, len(x_T), ev["batch"])])
-    return Quality(data, ev, None)(x0, None)
+    return Quality(data, ev, None)(one_step(net.to(on), x_T, None, ev["batch"]), None)
 
 
 def measure(params: dict, exp: str, store, iterations: int, batch: int, seeds, names, done: pd.DataFrame):
