@@ -5,6 +5,9 @@ from snakemake.utils import min_version
 min_version("8.0")
 
 
+report: "workflow/report/workflow.rst"  # `snakemake --report results/report.html`
+
+
 include: "workflow/rules/common.smk"  # checks params.yaml, then loads it as the config
 include: "workflow/rules/check.smk"
 include: "workflow/rules/evaluator.smk"

@@ -269,7 +269,10 @@ def evaluations(params, exp):
 def table(params):
     metrics = [m for exp in params["experiments"] for s in evaluations(params, exp) for m in s.metrics.paths()]
     return Stage(name="table", cmd="python -m kdm table", deps=Files(metrics=metrics),
-                 outs=Files(csv="results/table.csv", md="results/table.md"), params=("experiments",),
+                 outs=Files(csv="results/table.csv", md="results/table.md", html="results/table.html",
+                            tex="results/table.tex"),
+                 metrics=Files(summary="results/table.json"),
+                 plots=Files(quality_vs_speed="results/quality-vs-speed.png"), params=("experiments",),
                  log="logs/table.log")
 
 
@@ -315,7 +318,16 @@ def _strip(path):
     return path.rstrip("/")
 
 
-def _dvc_stage(s: Stage) -> dict:
+def _plot_props(params, s: Stage, path: str) -> dict:
+    """How `dvc plots show` draws a CSV: lines against its step column; a loss log its total loss, a snapshot curve
+    its main metric (FID for images, precision for 2-D data)."""
+    if not path.endswith(".csv"):
+        return {}
+    y = "loss" if path.endswith("/train.csv") else "fid" if images(params, s.args["exp"]) else "precision"
+    return {"x": "step", "y": y, "x_label": "iteration", "y_label": y, "title": f"{s.name}: {y}"}
+
+
+def _dvc_stage(s: Stage, params) -> dict:
     entry = {"cmd": s.cmd}
     if s.deps:
         entry["deps"] = [_strip(d) for d in s.deps.paths()]
@@ -324,11 +336,12 @@ def _dvc_stage(s: Stage) -> dict:
     if s.outs:      # a persistent marker is not worth caching
         entry["outs"] = [{_strip(o): {"persist": True, "cache": False}} if s.persist else _strip(o)
                          for o in s.outs.paths()]
+    # metrics and plots are cached like the other outputs: results/ is not in Git, so DVC's cache is what lets
+    # `dvc exp show`, `dvc metrics diff` and `dvc plots diff` read them at other revisions and experiments
     if s.metrics:
-        entry["metrics"] = [{m: {"cache": False}} for m in s.metrics.paths()]
-    if s.plots:     # CSV loss logs plot against their step column (`dvc plots show`)
-        entry["plots"] = [{p: {"cache": False, **({"x": "step"} if p.endswith(".csv") else {})}}
-                          for p in s.plots.paths()]
+        entry["metrics"] = list(s.metrics.paths())
+    if s.plots:
+        entry["plots"] = [{p: props} if (props := _plot_props(params, s, p)) else p for p in s.plots.paths()]
     return entry
 
 
@@ -337,10 +350,10 @@ def dvc_files(params) -> dict[str, str]:
     own dvc.yaml, run from the project root: `dvc repro workflow/benchmark/dvc.yaml`."""
     header = ("# Generated from params.yaml by `python -m kdm dvc-yaml` (kdm/dag.py): do not edit by hand.\n"
               "# Snakemake runs the same stages (Snakefile); tests/test_dag.py checks that the two agree.\n")
-    out = {"dvc.yaml": header + yaml.safe_dump({"stages": {s.name: _dvc_stage(s) for s in stages(params)}},
+    out = {"dvc.yaml": header + yaml.safe_dump({"stages": {s.name: _dvc_stage(s, params) for s in stages(params)}},
                                                sort_keys=False, width=120)}
     if "benchmark" in params:
         s = benchmark(params)
-        entry = {"wdir": "../..", **_dvc_stage(s)}
+        entry = {"wdir": "../..", **_dvc_stage(s, params)}
         out[BENCHMARK_DVC] = header + yaml.safe_dump({"stages": {s.name: entry}}, sort_keys=False, width=120)
     return out

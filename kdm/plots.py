@@ -104,6 +104,46 @@ def quality_curve(table, path, title: str) -> None:
     _save(fig, path)
 
 
+def quality_vs_speed(ours, published, path) -> None:
+    """What one step buys: per experiment, quality (FID where measured, else precision) against ms/sample on a log
+    axis, our teacher and students as points (bars: std over training seeds), and published rows measured with
+    the same evaluator against the same reference as horizontal lines (their cost on our machine is unknown)."""
+    timed = ours["ms_per_sample"].notna() if "ms_per_sample" in ours else ours["model"].isna()
+    untimed, ours = ours[~timed], ours[timed]       # real data: the evaluator's floor, drawn as a line
+    exps = list(dict.fromkeys(ours["experiment"]))
+    fig, axes = plt.subplots(1, max(1, len(exps)), figsize=(4.6 * max(1, len(exps)), 4), squeeze=False)
+    if not exps:
+        axes[0, 0].text(0.5, 0.5, "no timed models", ha="center", va="center", transform=axes[0, 0].transAxes)
+    for ax, exp in zip(axes.flat, exps):
+        rows = ours[ours["experiment"] == exp]
+        metric = "fid" if "fid" in rows and rows["fid"].notna().any() else "precision"
+        for _, r in rows.iterrows():
+            std = r.get(f"{metric}_std")
+            ax.errorbar(r["ms_per_sample"], r[metric], yerr=None if std is None or np.isnan(std) else std, fmt="o",
+                        ms=6, capsize=3, label=f"{r['model']} ({int(r['nfe'])} NFE)")
+        for _, r in untimed[(untimed["experiment"] == exp) & untimed[metric].notna()].iterrows():
+            ax.axhline(r[metric], ls=":", lw=1, color="k", label=f"{r['model']} (no sampling)")
+        same = published[(published["experiment"] == exp) & published[metric].notna()] \
+            if metric in published else published.iloc[:0]
+        same = same[same["extractor"].isin(rows["extractor"]) & same["reference"].isin(rows["reference"])] \
+            if "extractor" in rows and "reference" in rows else same.iloc[:0]
+        for _, r in same.iterrows():
+            ax.axhline(r[metric], ls="--", lw=0.8, color="gray")
+            ax.annotate(f"{r['model']}, {r['source']}", (0.01, r[metric]), xycoords=("axes fraction", "data"),
+                        fontsize=6, color="gray", va="bottom")
+        better = "lower" if metric == "fid" else "higher"
+        batch = rows["speed_batch"].dropna().iloc[0] if "speed_batch" in rows and rows["speed_batch"].notna().any() \
+            else None
+        ax.set(xscale="log", xlabel="ms / sample" + (f" (batch {int(batch)})" if batch is not None else ""),
+               ylabel=f"{metric} ({better} is better)", title=exp)
+        ax.legend(fontsize=7)
+    fig.suptitle("quality against sampling cost; dotted: real data (the evaluator's floor); dashed: published rows "
+                 "with the same evaluator and reference",
+                 fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def image_pairs(top: np.ndarray, bottom: np.ndarray, path, names: tuple[str, str]) -> None:
     """Two rows from the same noise: e.g. the teacher's samples above a student's."""
     fig, axes = plt.subplots(2, len(top), figsize=(len(top) * 0.6, 1.6), squeeze=False)

@@ -14,6 +14,7 @@ from workspace import Workspace
 pytestmark = pytest.mark.e2e
 
 TEACHER_SIDE = ("teacher/", "pairs/", "store/", "eval/teacher/")
+TABLE = set(dag.table({"experiments": []}).outputs)       # the table stage's files (tables, figure)
 
 
 def sha(path):
@@ -28,7 +29,7 @@ def assert_only_kdm_reran(changed_files: set[str]):
     assert changed_files, "nothing re-ran"
     assert dag.CHECKED in changed_files         # params.yaml changed: checked again (same bytes, re-runs nothing)
     for f in changed_files - {dag.CHECKED}:
-        assert "/kdm-s0/" in f or f.startswith("results/table."), f"{f} re-ran but depends only on other params"
+        assert "/kdm-s0/" in f or f in TABLE, f"{f} re-ran but depends only on other params"
     assert any(f.endswith("kdm-s0/model.pt") for f in changed_files)
     assert any(f.endswith("eval/kdm-s0/metrics.json") for f in changed_files)
     assert "results/table.csv" in changed_files
@@ -255,6 +256,44 @@ def test_benchmark_target_under_snakemake_then_dvc(digits):
     digits.dvc("commit", "-f", "workflow/benchmark/dvc.yaml")
     r = digits.dvc("repro", "workflow/benchmark/dvc.yaml")
     assert "Running stage" not in r.stdout, r.stdout
+
+
+def _report_var(html: str, name: str):
+    """A JSON value the Snakemake report's page defines (`var <name> = ...`), whitespace runs in text as one space."""
+    import json
+    start = html.index(f"var {name} = {{") if name != "workflow_desc" else html.index(f"var {name} = ")
+    value = json.JSONDecoder().raw_decode(html, start + len(f"var {name} = "))[0]
+    return json.loads(" ".join(json.dumps(value).replace("\\n", " ").split()))
+
+
+def test_snakemake_report_holds_every_figure_by_experiment_and_stage(digits, tmp_path):
+    """`snakemake --report` (HTML and zip) after the default run and the benchmark: the table, every figure the
+    run drew, grouped by experiment and stage, each with a caption naming its params, and the workflow page."""
+    import zipfile
+    digits.snakemake("--report", str(tmp_path / "report.html"), "all", "benchmark")
+    html = (tmp_path / "report.html").read_text()
+    categories, results = _report_var(html, "categories"), _report_var(html, "results")
+    figures = {p.relative_to(digits.path).as_posix() for p in (digits.path / "results").rglob("*.png")}
+    assert len(figures) == 15 and set(results) == figures | {"results/table.html"}
+    exp = sorted(p for p in figures if p.startswith("results/digits-cond/"))
+    assert {c: {s: sorted(files) for s, files in subs.items()} for c, subs in categories.items()} == {
+        "All experiments": {"Other": ["results/quality-vs-speed.png", "results/table.html"]},
+        "Benchmark": {"Other": ["results/benchmarks.png"]},
+        "digits-cond": {"training": [p for p in exp if p.endswith(("/loss.png", "/spectrum.png"))],
+                        "samples": [p for p in exp if p.endswith(("/samples.png", "/analysis.png"))],
+                        "snapshot curves": [p for p in exp if p.endswith("/curve.png")]}}
+    assert all(r["caption"].strip() for r in results.values())
+    assert "10 iterations at batch 32" in results["results/digits-cond/kdm-s0/loss.png"]["caption"]
+    assert "one every 5 iterations" in results["results/digits-cond/eval/kd-s0/curve.png"]["caption"]
+    assert "(7 network evaluations)" in results["results/digits-cond/eval/teacher/samples.png"]["caption"]
+    assert results["results/digits-cond/kdm-s0/spectrum.png"]["labels"] == {"model": "kdm", "seed": "0",
+                                                                           "figure": "Koopman spectrum"}
+    assert "Experiments in this run: digits-cond." in _report_var(html, "workflow_desc")
+    digits.snakemake("--report", str(tmp_path / "report.zip"), "all", "benchmark")
+    names = zipfile.ZipFile(tmp_path / "report.zip").namelist()
+    assert "report/report.html" in names
+    raw = sorted(n.rsplit("/", 1)[1] for n in names if n.startswith("report/data/raw/"))
+    assert raw == sorted(f.rsplit("/", 1)[1] for f in figures | {"results/table.html"}), raw
 
 
 def test_overhead_script_times_both_tools(tmp_path):

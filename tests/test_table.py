@@ -54,6 +54,84 @@ def test_seed_sets_give_each_metrics_mean_min_and_spread():
 def test_markdown_shows_mean_and_spread():
     import pandas as pd
     table = pd.DataFrame({"experiment": ["e"], "model": ["kdm"], "fid": [0.75], "fid_std": [0.05],
-                          "params": [1000.0], "params_std": [float("nan")]})
+                          "params": [1000.0], "params_std": [float("nan")], "source": ["ours@abc"]})
     text = markdown(table)
     assert "0.75 ± 0.05" in text and "1000 |" in text
+
+
+def _table():
+    """Our rows of a 2-D and an image experiment (two training seeds of kdm) and a published row."""
+    import pandas as pd
+    from kdm.stages.table import published_rows
+    ours = pd.DataFrame([
+        dict(experiment="board", model="teacher", nfe=35, ms_per_sample=2.0, precision=0.93, coverage=0.9, sw2=0.04,
+             samples=500, seed_sets=1, speed_batch=256, reference="checkerboard-density", seeds="-"),
+        dict(experiment="board", model="kdm", nfe=1, ms_per_sample=0.01, speedup=200.0, precision=0.92,
+             precision_std=0.01, coverage=0.8, sw2=0.06, sw2_vs_teacher=1.5, outlier_share=0.01, samples=500,
+             seed_sets=1, speed_batch=256, reference="checkerboard-density", seeds="0,1", iterations=100),
+        dict(experiment="cifar10-uncond", model="teacher", nfe=35, ms_per_sample=20.0, fid=2.0, kid=0.001,
+             precision=0.7, recall=0.6, samples=50000, seed_sets=3, speed_batch=64, reference="cifar10-train",
+             extractor="inception-v3-compat", seeds="-"),
+        dict(experiment="cifar10-uncond", model="kd_100%", nfe=1, ms_per_sample=0.5, speedup=40.0, fid=5.0,
+             fid_vs_teacher=2.5, kid=0.004, precision=0.6, recall=0.5, samples=50000, seed_sets=3, speed_batch=64,
+             reference="cifar10-train", extractor="inception-v3-compat", seeds="0", iterations=1000),
+    ]).assign(source="ours@abc")
+    return pd.concat([ours, published_rows()], ignore_index=True)
+
+
+def test_sections_show_only_each_experiments_columns_and_say_what_rows_share():
+    from kdm.stages.table import markdown, sections
+    secs = {exp: (shared, text) for exp, shared, text in sections(_table())}
+    assert list(secs)[:2] == ["board", "cifar10-uncond"]          # ours first, then published-only experiments
+    shared, text = secs["board"]
+    assert list(text.columns) == ["model", "NFE", "ms/sample", "speedup", "precision", "coverage", "SW2",
+                                  "SW2 / teacher", "outliers"]
+    assert shared == {"samples": "500", "seed sets": "1", "speed batch": "256", "iterations": "100", "seeds": "0,1",
+                      "reference": "checkerboard-density", "source": "ours@abc"}
+    assert text.set_index("model").loc["kdm", "precision"] == "0.92 ± 0.01"
+    shared, text = secs["cifar10-uncond"]          # ours and the published rows: their own references and sources
+    assert {"FID", "FID / teacher", "KID", "precision", "recall", "reference", "source"} <= set(text.columns)
+    assert "coverage" not in text.columns and "SW2" not in text.columns
+    assert shared == {"samples": "50000", "seed sets": "3", "speed batch": "64", "iterations": "1000", "seeds": "0",
+                      "evaluator": "inception-v3-compat"}
+    rows = text.set_index("model")
+    assert rows.loc["GET-B", "reference"] == "cifar10-test" and rows.loc["kd_100%", "FID / teacher"] == "2.5"
+    assert rows.loc["GET-B", "params"] == "62.0M"
+    md = markdown(_table())
+    assert md.count("\n## ") == len(secs) and "## ffhq64 (published rows only: not run here)" in md
+
+
+def test_latex_is_a_booktabs_fragment_that_compiles():
+    import re
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+    from kdm.stages.table import latex, sections
+    tex = latex(_table())
+    tabulars = re.findall(r"\\begin\{tabular\}\{([lr]+)\}\n(.*?)\\end\{tabular\}", tex, re.S)
+    assert len(tabulars) == len(sections(_table()))
+    for spec, body in tabulars:
+        lines = body.strip().splitlines()
+        assert lines[0] == r"\toprule" and lines[-1] == r"\bottomrule" and lines.count(r"\midrule") == 2
+        for row in [l for l in lines if l.endswith(r"\\") and not l.startswith(r"\multicolumn")]:
+            unescaped = re.sub(r"\\[&%$#_{}]|\$\\pm\$|\\textbf\{|\\\\$", "", row)
+            assert unescaped.count("&") == len(spec) - 1, row               # one cell per column
+            assert not re.search(r"[%$#_{}~^]", unescaped.replace("&", "")), row   # every special character escaped
+    assert r"kd\_100\%" in tex and r"0.92 $\pm$ 0.01" in tex
+    if shutil.which("pdflatex"):        # a TeX engine where the machine has one: the fragment renders
+        with tempfile.TemporaryDirectory() as d:
+            Path(d, "table.tex").write_text(tex)
+            Path(d, "doc.tex").write_text("\\documentclass{article}\\usepackage{booktabs}\\usepackage[landscape]"
+                                          "{geometry}\\begin{document}\\tiny\\input{table.tex}\\end{document}\n")
+            r = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=d,
+                               capture_output=True, text=True, timeout=120)
+            assert r.returncode == 0, r.stdout[-3000:]
+
+
+def test_summary_holds_our_numbers_by_experiment_and_model():
+    from kdm.stages.table import summary
+    s = summary(_table())
+    assert set(s) == {"board", "cifar10-uncond"} and set(s["board"]) == {"teacher", "kdm"}
+    assert s["board"]["kdm"]["precision"] == 0.92 and s["board"]["kdm"]["sw2_vs_teacher"] == 1.5
+    assert "samples" not in s["board"]["kdm"] and "fid" not in s["board"]["kdm"]

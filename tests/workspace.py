@@ -82,6 +82,20 @@ class Workspace:
             (self.path / ".dvc/config").write_text(project.replace("[core]\n", "[core]\n    no_scm = True\n", 1))
         return self.run(sys.executable, "-m", "dvc", *args, check=check)
 
+    def init_git(self):
+        """Make the workspace a Git repository with DVC inside, as a project checkout is (`dvc exp` needs Git):
+        the project's .gitignore (results/ stays out of Git) and DVC settings. Call before any `dvc`."""
+        self.env.update(GIT_AUTHOR_NAME="kdm tests", GIT_AUTHOR_EMAIL="tests@kdm.invalid",
+                        GIT_COMMITTER_NAME="kdm tests", GIT_COMMITTER_EMAIL="tests@kdm.invalid")
+        self.run("git", "init", "-q")
+        (self.path / ".gitignore").write_text((ROOT / ".gitignore").read_text())
+        self.run(sys.executable, "-m", "dvc", "init", "-q")
+        (self.path / ".dvc/config").write_text((ROOT / ".dvc/config").read_text())
+
+    def git_commit(self, message: str):
+        self.run("git", "add", "-A")
+        self.run("git", "commit", "-q", "-m", message)
+
     def stage_target(self, name: str) -> str:
         """A Snakemake target that builds the DVC stage `name` (its first output)."""
         (stage,) = [s for s in dag.stages(config.load(self.path / "params.yaml")) if s.name == name]

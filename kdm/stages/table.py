@@ -1,27 +1,57 @@
-"""table: gather every metrics.json into results/table.csv and results/table.md (mean and spread over
-training seeds), with the published rows of kdm/published.yaml beside ours, each row saying its source and the
-reference set its metrics were measured against (rows with different references are not comparable).
+"""table: gather every metrics.json into the results tables (mean and spread over training seeds), with the
+published rows of kdm/published.yaml beside ours, each row saying its source and the reference set its metrics
+were measured against (rows with different references are not comparable).
+
+- table.csv: every column, one row per (experiment, model), for programs;
+- table.md, table.html, table.tex (booktabs): one section per experiment with only the columns its rows have,
+  the students' ratios to the teacher in view, and what every row of the section shares on one line;
+- table.json: our rows' numbers by experiment and model (DVC's metrics: `dvc exp show`, `dvc metrics diff`);
+- quality-vs-speed.png: per experiment, quality against sampling cost (ms/sample, log scale).
+
 With evaluate.seed_sets > 1 a metric's columns are its mean over the seed sets, `<metric>_min` (distances: EDM's
 reported number) and `<metric>_sets_std`, each then averaged over training seeds."""
 from __future__ import annotations
 
+import html
 import logging
+import math
+import re
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from kdm.io import atomic_path, read_json
+from kdm import plots
+from kdm.io import atomic_path, read_json, write_json
 
 log = logging.getLogger("kdm.table")
 
 PUBLISHED = Path(__file__).parents[1] / "published.yaml"      # facts from papers, shipped with the code
 KEYS = ["experiment", "model"]
-ORDER = ["nfe", "ms_per_sample", "speedup", "params", "fid", "kid", "precision", "recall", "class_acc", "coverage", "sw2",
-         "outlier_share", "samples", "seed_sets", "iterations", "train_minutes"]
+METRICS = ["fid", "kid", "precision", "recall", "class_acc", "coverage", "sw2", "outlier_share"]
+RATIOS = ["fid", "sw2"]             # distances: a student's over the teacher's (lower is better, 1 = the teacher's)
+ORDER = ["nfe", "ms_per_sample", "speedup", "params", *METRICS, "samples", "seed_sets", "speed_batch", "iterations",
+         "train_minutes"]
 ORDER = [c for base in ORDER for c in (base, f"{base}_min", f"{base}_sets_std")]     # a metric's seed-set columns
+SUMMARY = [c for base in ["nfe", "ms_per_sample", "speedup", "params", *METRICS, "train_minutes"]
+           for c in (base, f"{base}_min", f"{base}_sets_std", f"{base}_vs_teacher")]
 TEXT = ["reference", "extractor"]
-SKIP = {"seed", "speed_batch", "provenance", "params_trained"}
+SKIP = {"seed", "provenance", "params_trained"}
+
+# The sections' columns, in order, with their headers; a column no row of a section has is left out.
+HEADERS = {"model": "model", "nfe": "NFE", "ms_per_sample": "ms/sample", "speedup": "speedup", "params": "params",
+           "fid": "FID", "fid_min": "FID min", "fid_sets_std": "FID sets std", "fid_vs_teacher": "FID / teacher",
+           "kid": "KID", "kid_min": "KID min", "kid_sets_std": "KID sets std", "precision": "precision",
+           "precision_sets_std": "precision sets std", "recall": "recall", "recall_sets_std": "recall sets std",
+           "class_acc": "class acc.", "class_acc_sets_std": "class acc. sets std", "coverage": "coverage",
+           "coverage_sets_std": "coverage sets std", "sw2": "SW2", "sw2_min": "SW2 min", "sw2_sets_std": "SW2 sets std",
+           "sw2_vs_teacher": "SW2 / teacher", "outlier_share": "outliers", "outlier_share_sets_std": "outliers sets std",
+           "iterations": "iterations", "train_minutes": "train min", "seeds": "seeds", "samples": "samples",
+           "seed_sets": "seed sets", "speed_batch": "speed batch", "compared_at": "students compared at",
+           "extractor": "evaluator", "reference": "reference", "source": "source"}
+# Columns about how rows were measured: when every row of a section has the same value, it is said once above it.
+CONTEXT = ["samples", "seed_sets", "speed_batch", "iterations", "seeds", "compared_at", "extractor", "reference",
+           "source"]
 
 
 def ours(metric_files) -> pd.DataFrame:
@@ -36,6 +66,11 @@ def ours(metric_files) -> pd.DataFrame:
         if c in runs:
             table[c] = grouped[c].first()
     table = table.reset_index()
+    for metric in RATIOS:
+        if metric in table:
+            teacher = table[table["model"] == "teacher"].set_index("experiment")[metric]
+            ratio = table[metric] / table["experiment"].map(teacher)
+            table[f"{metric}_vs_teacher"] = ratio.where(table["nfe"] == 1)      # the one-step students
     if "iterations" in table:       # how each experiment's students were compared
         budgets = runs.dropna(subset=["iterations"]).groupby("experiment")["iterations"].nunique()
         table["compared_at"] = ["-" if pd.isna(it) else "equal iterations" if budgets[exp] == 1 else "unequal iterations"
@@ -64,27 +99,135 @@ def build(metric_files, published=PUBLISHED) -> pd.DataFrame:
     return pd.concat([ours(metric_files), published_rows(published)], ignore_index=True)
 
 
-def markdown(table: pd.DataFrame) -> str:
-    """mean ± std where a metric has several seeds."""
-    base = [c for c in table.columns if not c.endswith("_std")]
-    out = table[base].copy().astype(object)
-    for c in base:
-        if f"{c}_std" in table:
-            out[c] = [_fmt(m, s) for m, s in zip(table[c], table[f"{c}_std"])]
-    return out.fillna("-").to_markdown(index=False) + "\n"
+def is_ours(table: pd.DataFrame) -> pd.Series:
+    return table["source"].str.startswith("ours@")
 
 
-def _fmt(mean, std):
-    if pd.isna(mean):
+# ---- sections: one per experiment, the columns its rows have ------------------------------------------------
+def sections(table: pd.DataFrame) -> list[tuple[str, dict, pd.DataFrame]]:
+    """(experiment, what every row shares {header: text}, its rows as text under their headers), experiments we ran
+    first. A metric is shown as mean ± std over training seeds where it has several."""
+    ran = list(dict.fromkeys(table.loc[is_ours(table), "experiment"]))
+    out = []
+    for exp in ran + [e for e in dict.fromkeys(table["experiment"]) if e not in ran]:
+        rows = table[table["experiment"] == exp]
+        columns = [c for c in HEADERS if c in rows and rows[c].replace("-", pd.NA).notna().any()]
+        columns += [c for c in rows if c not in HEADERS and c not in KEYS and not c.endswith("_std")
+                    and pd.api.types.is_numeric_dtype(rows[c]) and rows[c].notna().any()]     # new metrics too
+        shared = {}
+        for c in [c for c in CONTEXT if c in columns]:
+            values = {v for v in rows[c] if not _missing(v)}
+            if len(values) == 1:        # rows without it (e.g. no timing for real data) don't have it to differ
+                shared[HEADERS[c]] = _cell(values.pop(), math.nan)
+                columns.remove(c)
+        text = pd.DataFrame({HEADERS.get(c, c): [_count(v) if c == "params" else _cell(v, s)
+                                                 for v, s in zip(rows[c], _spread(rows, c))] for c in columns})
+        out.append((exp, shared, text))
+    return out
+
+
+def _spread(rows: pd.DataFrame, column: str):
+    return rows[f"{column}_std"] if f"{column}_std" in rows else [math.nan] * len(rows)
+
+
+def _missing(value) -> bool:
+    return value is None or value == "-" or (isinstance(value, float) and math.isnan(value))
+
+
+def _cell(value, std) -> str:
+    if _missing(value):
         return "-"
-    text = str(int(mean)) if float(mean).is_integer() and abs(mean) >= 1 else f"{mean:.4g}"
-    return text if pd.isna(std) else f"{text} ± {std:.2g}"
+    if isinstance(value, str):
+        return value
+    text = str(int(value)) if float(value).is_integer() and abs(value) >= 1 else f"{value:.4g}"
+    return text if _missing(std) else f"{text} ± {std:.2g}"
+
+
+def _count(value) -> str:
+    """A parameter count as people quote it: 3618, 78.3k, 19.0M."""
+    if _missing(value):
+        return "-"
+    return f"{value / 1e6:.1f}M" if value >= 1e6 else f"{value / 1e3:.1f}k" if value >= 1e4 else str(int(value))
+
+
+def _title(exp: str, table: pd.DataFrame) -> str:
+    return exp if is_ours(table[table["experiment"] == exp]).any() else f"{exp} (published rows only: not run here)"
+
+
+SHARED = "Every row where it applies: "
+NOTE = ("Ratios X / teacher: a student's metric over the teacher's of the same run (distances: lower is better, "
+        "1 is the teacher's). speedup: the teacher's ms/sample over the student's, timed at the same batch. "
+        "Rows measured against different references or with different evaluators are not comparable.")
+
+
+def markdown(table: pd.DataFrame) -> str:
+    parts = [f"# Results\n\n{NOTE}\n"]
+    for exp, shared, text in sections(table):
+        parts.append(f"## {_title(exp, table)}\n")
+        if shared:
+            parts.append(SHARED + "; ".join(f"{k} {v}" for k, v in shared.items()) + ".\n")
+        parts.append(text.to_markdown(index=False, colalign=["left"] + ["right"] * (len(text.columns) - 1)) + "\n")
+    return "\n".join(parts)
+
+
+def html_page(table: pd.DataFrame) -> str:
+    """The same sections as a standalone page (what the Snakemake report shows)."""
+    body = [f"<h1>Results</h1><p>{html.escape(NOTE)}</p>"]
+    for exp, shared, text in sections(table):
+        body.append(f"<h2>{html.escape(_title(exp, table))}</h2>")
+        if shared:
+            body.append(f"<p>{SHARED}" + "; ".join(f"<b>{html.escape(k)}</b> {html.escape(v)}"
+                                                   for k, v in shared.items()) + ".</p>")
+        body.append(text.to_html(index=False, border=0, classes="results"))
+    style = ("body{font-family:sans-serif;margin:1.5em;color:#222}table.results{border-collapse:collapse;"
+             "margin-bottom:1.5em}table.results th,table.results td{padding:.25em .7em;border-bottom:1px solid #ccc;"
+             "text-align:right}table.results td:first-child,table.results th:first-child{text-align:left}")
+    return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>KDM results</title><style>{style}</style>"
+            f"</head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+               "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _tex(text: str) -> str:
+    escaped = re.sub(r"[\\&%$#_{}~^]", lambda m: TEX_SPECIAL[m.group()], text)
+    return escaped.replace(" ± ", r" $\pm$ ")
+
+
+def latex(table: pd.DataFrame) -> str:
+    """A LaTeX fragment for papers (\\input it; needs \\usepackage{booktabs}): one tabular per experiment."""
+    parts = ["% Generated by `python -m kdm table` from results/table.csv; needs \\usepackage{booktabs}.\n"]
+    for exp, shared, text in sections(table):
+        cols = "l" + "r" * (len(text.columns) - 1)
+        lines = [f"% {_tex(_title(exp, table))}" + (": " + "; ".join(f"{k} {v}" for k, v in shared.items())
+                                                     if shared else ""),
+                 f"\\begin{{tabular}}{{{cols}}}", r"\toprule",
+                 f"\\multicolumn{{{len(text.columns)}}}{{l}}{{\\textbf{{{_tex(_title(exp, table))}}}}} \\\\",
+                 r"\midrule",
+                 " & ".join(_tex(c) for c in text.columns) + r" \\", r"\midrule"]
+        lines += [" & ".join(_tex(v) for v in row) + r" \\" for row in text.itertuples(index=False)]
+        lines += [r"\bottomrule", r"\end{tabular}", ""]
+        parts.append("\n".join(lines))
+    return "\n".join(parts)
+
+
+def summary(table: pd.DataFrame) -> dict:
+    """Our rows' numbers, {experiment: {model: {column: value}}}: what DVC lists per experiment."""
+    numbers = [c for c in table if c in SUMMARY]
+    return {exp: {row["model"]: {c: float(row[c]) for c in numbers if not _missing(row[c])}
+                  for _, row in rows.iterrows()}
+            for exp, rows in table[is_ours(table)].groupby("experiment", sort=False)}
 
 
 def run(stage, P):
     table = build(stage.deps.metrics)
     with atomic_path(stage.outs.csv) as tmp:
         table.to_csv(tmp, index=False)
-    with atomic_path(stage.outs.md) as tmp:
-        tmp.write_text(markdown(table))
+    for path, text in ((stage.outs.md, markdown(table)), (stage.outs.html, html_page(table)),
+                       (stage.outs.tex, latex(table))):
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+    write_json(stage.metrics.summary, summary(table))
+    plots.quality_vs_speed(table[is_ours(table)], table[~is_ours(table)], stage.plots.quality_vs_speed)
     log.info("table:\n%s", markdown(table))

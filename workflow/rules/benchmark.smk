@@ -8,7 +8,11 @@ if "benchmark" in config:
         output:
             csv="results/benchmarks.csv",
             md="results/benchmarks.md",
-            png="results/benchmarks.png",
+            png=report(
+                "results/benchmarks.png",
+                caption="../report/benchmark.rst",
+                category="Benchmark",
+            ),
         log:
             "logs/benchmark.log",
         conda:

@@ -9,7 +9,13 @@ rule evaluate_data:
     output:
         resampled="results/{exp}/eval/data-resampled/metrics.json",
         halves="results/{exp}/eval/data-halves/metrics.json",
-        grid="results/{exp}/eval/data-resampled/samples.png",
+        grid=report(
+            "results/{exp}/eval/data-resampled/samples.png",
+            caption="../report/data_samples.rst",
+            category="{exp}",
+            subcategory="samples",
+            labels={"model": "data", "seed": "-", "figure": "samples"},
+        ),
     log:
         "logs/{exp}/evaluate-data.log",
     conda:
@@ -29,7 +35,13 @@ rule evaluate_teacher:
     output:
         samples=directory("results/{exp}/eval/teacher/samples"),
         metrics="results/{exp}/eval/teacher/metrics.json",
-        grid="results/{exp}/eval/teacher/samples.png",
+        grid=report(
+            "results/{exp}/eval/teacher/samples.png",
+            caption="../report/samples.rst",
+            category="{exp}",
+            subcategory="samples",
+            labels={"model": "teacher", "seed": "-", "figure": "samples"},
+        ),
     log:
         "logs/{exp}/evaluate-teacher.log",
     conda:
@@ -52,8 +64,24 @@ rule evaluate_student:
         teacher="results/{exp}/teacher/model.pt",  # timed again beside the student
     output:
         metrics="results/{exp}/eval/{model}-s{seed}/metrics.json",
-        grid="results/{exp}/eval/{model}-s{seed}/samples.png",
-        analysis="results/{exp}/eval/{model}-s{seed}/analysis.png",
+        grid=report(
+            "results/{exp}/eval/{model}-s{seed}/samples.png",
+            caption="../report/samples.rst",
+            category="{exp}",
+            subcategory="samples",
+            labels={"model": "{model}", "seed": "{seed}", "figure": "samples"},
+        ),
+        analysis=report(
+            "results/{exp}/eval/{model}-s{seed}/analysis.png",
+            caption="../report/analysis.rst",
+            category="{exp}",
+            subcategory="samples",
+            labels={
+                "model": "{model}",
+                "seed": "{seed}",
+                "figure": "beside the teacher",
+            },
+        ),
     log:
         "logs/{exp}/evaluate-{model}-s{seed}.log",
     wildcard_constraints:
@@ -77,7 +105,17 @@ rule curve:
         teacher_samples="results/{exp}/eval/teacher/samples",
     output:
         csv="results/{exp}/eval/{model}-s{seed}/curve.csv",
-        png="results/{exp}/eval/{model}-s{seed}/curve.png",
+        png=report(
+            "results/{exp}/eval/{model}-s{seed}/curve.png",
+            caption="../report/curve.rst",
+            category="{exp}",
+            subcategory="snapshot curves",
+            labels={
+                "model": "{model}",
+                "seed": "{seed}",
+                "figure": "quality vs iteration",
+            },
+        ),
     log:
         "logs/{exp}/curve-{model}-s{seed}.log",
     wildcard_constraints:

@@ -8,7 +8,13 @@ rule classifier:
         config="results/{exp}/classifier/config.json",
         metrics="results/{exp}/classifier/metrics.json",
         losses="results/{exp}/classifier/train.csv",
-        loss_curve="results/{exp}/classifier/loss.png",
+        loss_curve=report(
+            "results/{exp}/classifier/loss.png",
+            caption="../report/classifier_loss.rst",
+            category="{exp}",
+            subcategory="training",
+            labels={"model": "classifier", "seed": "-", "figure": "loss curve"},
+        ),
     log:
         "logs/{exp}/classifier.log",
     conda:

@@ -7,6 +7,18 @@ rule table:
     output:
         csv="results/table.csv",
         md="results/table.md",
+        html=report(
+            "results/table.html",
+            caption="../report/table.rst",
+            category="All experiments",
+        ),
+        tex="results/table.tex",
+        summary="results/table.json",
+        quality_vs_speed=report(
+            "results/quality-vs-speed.png",
+            caption="../report/quality_vs_speed.rst",
+            category="All experiments",
+        ),
     log:
         "logs/table.log",
     conda:

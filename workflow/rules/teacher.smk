@@ -6,7 +6,13 @@ rule teacher:
         model="results/{exp}/teacher/model.pt",
         config="results/{exp}/teacher/config.json",
         losses="results/{exp}/teacher/train.csv",
-        loss_curve="results/{exp}/teacher/loss.png",
+        loss_curve=report(
+            "results/{exp}/teacher/loss.png",
+            caption="../report/teacher_loss.rst",
+            category="{exp}",
+            subcategory="training",
+            labels={"model": "teacher", "seed": "-", "figure": "loss curve"},
+        ),
     log:
         "logs/{exp}/teacher.log",
     priority: PRIORITY["teacher"]

@@ -9,8 +9,20 @@ rule train_kdm:
         config="results/{exp}/kdm-s{seed}/config.json",
         snapshots=directory("results/{exp}/kdm-s{seed}/snapshots"),
         losses="results/{exp}/kdm-s{seed}/train.csv",
-        loss_curve="results/{exp}/kdm-s{seed}/loss.png",
-        spectrum="results/{exp}/kdm-s{seed}/spectrum.png",
+        loss_curve=report(
+            "results/{exp}/kdm-s{seed}/loss.png",
+            caption="../report/student_loss.rst",
+            category="{exp}",
+            subcategory="training",
+            labels={"model": "kdm", "seed": "{seed}", "figure": "loss curve"},
+        ),
+        spectrum=report(
+            "results/{exp}/kdm-s{seed}/spectrum.png",
+            caption="../report/spectrum.rst",
+            category="{exp}",
+            subcategory="training",
+            labels={"model": "kdm", "seed": "{seed}", "figure": "Koopman spectrum"},
+        ),
     log:
         "logs/{exp}/train-kdm-s{seed}.log",
     priority: PRIORITY["train_kdm"]
@@ -36,7 +48,13 @@ rule train_kd:
         config="results/{exp}/kd-s{seed}/config.json",
         snapshots=directory("results/{exp}/kd-s{seed}/snapshots"),
         losses="results/{exp}/kd-s{seed}/train.csv",
-        loss_curve="results/{exp}/kd-s{seed}/loss.png",
+        loss_curve=report(
+            "results/{exp}/kd-s{seed}/loss.png",
+            caption="../report/student_loss.rst",
+            category="{exp}",
+            subcategory="training",
+            labels={"model": "kd", "seed": "{seed}", "figure": "loss curve"},
+        ),
     log:
         "logs/{exp}/train-kd-s{seed}.log",
     priority: PRIORITY["train_kd"]
