@@ -121,8 +121,9 @@ def quality_vs_speed(ours, published, path) -> None:
             std = r.get(f"{metric}_std")
             ax.errorbar(r["ms_per_sample"], r[metric], yerr=None if std is None or np.isnan(std) else std, fmt="o",
                         ms=6, capsize=3, label=f"{r['model']} ({int(r['nfe'])} NFE)")
-        for _, r in untimed[(untimed["experiment"] == exp) & untimed[metric].notna()].iterrows():
-            ax.axhline(r[metric], ls=":", lw=1, color="k", label=f"{r['model']} (no sampling)")
+        floors = untimed[(untimed["experiment"] == exp) & untimed[metric].notna()]
+        for (_, r), ls in zip(floors.iterrows(), (":", "-.", "--")):
+            ax.axhline(r[metric], ls=ls, lw=1, color="k", label=f"{r['model']} (real data, no sampling)")
         same = published[(published["experiment"] == exp) & published[metric].notna()] \
             if metric in published else published.iloc[:0]
         same = same[same["extractor"].isin(rows["extractor"]) & same["reference"].isin(rows["reference"])] \
@@ -136,9 +137,10 @@ def quality_vs_speed(ours, published, path) -> None:
             else None
         ax.set(xscale="log", xlabel="ms / sample" + (f" (batch {int(batch)})" if batch is not None else ""),
                ylabel=f"{metric} ({better} is better)", title=exp)
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())      # decade labels only: minor ones overlap
         ax.legend(fontsize=7)
-    fig.suptitle("quality against sampling cost; dotted: real data (the evaluator's floor); dashed: published rows "
-                 "with the same evaluator and reference",
+    fig.suptitle("quality against sampling cost; black lines: real data (the evaluator's floor); grey dashed: "
+                 "published rows with the same evaluator and reference",
                  fontsize=8)
     fig.tight_layout()
     _save(fig, path)

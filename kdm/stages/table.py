@@ -156,7 +156,9 @@ def _title(exp: str, table: pd.DataFrame) -> str:
 
 SHARED = "Every row where it applies: "
 NOTE = ("Ratios X / teacher: a student's metric over the teacher's of the same run (distances: lower is better, "
-        "1 is the teacher's). speedup: the teacher's ms/sample over the student's, timed at the same batch. "
+        "1 is the teacher's). speedup: the teacher's ms/sample over the student's, both timed in the student's "
+        "evaluation at the same batch, one after the other (each row's ms/sample comes from its own evaluation run, "
+        "so their ratio is the noisier one). "
         "Rows measured against different references or with different evaluators are not comparable.")
 
 
