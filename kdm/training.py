@@ -65,8 +65,11 @@ def _compile(model: nn.Module, how: bool | str, mode: str = "default") -> None:
     there are none). Module.compile keeps the state dict's keys (no `_orig_mod.` prefix), and the students'
     training calls, which are not model.forward, run the compiled modules."""
     blocks = [m for m in model.modules() if isinstance(m, (UNetBlock, CompactBlock))] if how == "blocks" else []
+    # static shapes, one graph per distinct block and batch size (an epoch's short last batch): a DDPM++ UNet
+    # has more than torch's default limit of 8 graphs per code object, past which the rest would run eagerly
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * len(blocks))
     for net in blocks or [c for c in model.children() if any(True for _ in c.parameters())] or [model]:
-        net.compile(mode=mode)
+        net.compile(mode=mode, dynamic=False)
 
 
 def _seeds(seed: int, rank: int, world: int) -> tuple[int, int | None]:
