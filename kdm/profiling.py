@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import platform
 import resource
@@ -199,14 +200,25 @@ def _profiled(on: torch.device):
     return torch.profiler.profile(activities=acts)
 
 
+@functools.cache
+def _computes(name: str) -> bool:
+    """Whether aten operator `name` computes (on a GPU: launches a kernel) rather than makes a view or allocates."""
+    op = getattr(torch.ops.aten, name, None)
+    views = op is not None and all(getattr(op, o).is_view for o in op.overloads())
+    return not views and not name.startswith(("empty", "resize"))
+
+
 def _ops(events) -> Counter:
-    """Top-level aten operator calls (those not inside another aten operator) and device kernels."""
+    """Top-level aten operator calls (those not inside another aten operator), the innermost calls that compute
+    (neither a view nor an allocation: a CPU's count of what would be kernel launches) and device kernels."""
     out = Counter()
     for e in events:
         if e.device_type == torch.autograd.DeviceType.CUDA:
             out["kernels"] += 1
-        elif e.name.startswith("aten::") and not (e.cpu_parent and e.cpu_parent.name.startswith("aten::")):
-            out["aten_ops"] += 1
+        elif e.name.startswith("aten::"):
+            out["aten_ops"] += not (e.cpu_parent and e.cpu_parent.name.startswith("aten::"))
+            out["compute_ops"] += _computes(e.name[6:]) and not any(c.name.startswith("aten::")
+                                                                     for c in e.cpu_children)
     return out
 
 
@@ -215,30 +227,27 @@ def student(model: str, p: dict, store, variant: str, steps: int, on: torch.devi
     p = {**p, **parse_variant(variant)}
     run = Trainer(model, p, store, on)
     run(2 + steps)                                      # warm-up: compilation, allocator, autotuning
-    seconds = _per_step(run, steps)
     if on.type == "cuda":
         torch.cuda.reset_peak_memory_stats(on)
-    run(2 + steps)
+    seconds = _per_step(run, steps)
     # a GPU: the most its allocator held; the CPU: the process's peak RSS (everything it did so far)
     peak_mb = torch.cuda.max_memory_allocated(on) / 2 ** 20 if on.type == "cuda" else \
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 1024 ** 2)
 
-    def syncs(n):
-        s = Syncs(on)
-        run(n, s)
-        return s.count
-
-    def ops(n):
-        prof = _profiled(on)
-        run(n, prof)
-        return _ops(prof.events())
-    per_step_ops = _per_step(ops, steps)
+    def counts(n):          # syncs and ops of the same runs
+        syncs, prof = Syncs(on), _profiled(on)
+        with syncs:
+            run(n, prof)
+        return Counter({f"sync {k}": v for k, v in syncs.count.items()}) + _ops(prof.events())
+    per_step_ops = _per_step(counts, steps)
     peak = device_peak(on)
     tflops = flops / seconds / 1e12
     return {"model": model, "variant": variant, "batch": p["batch"], "it_per_s": 1 / seconds,
             "samples_per_s": p["batch"] / seconds, "flops_per_step": flops, "tflops_per_s": tflops,
             "share_of_peak": tflops / peak if peak else None, "peak_memory_mb": peak_mb,
-            "syncs_per_step": _per_step(syncs, steps), "aten_ops_per_step": per_step_ops.get("aten_ops", 0.0),
+            "syncs_per_step": {k[5:]: v for k, v in per_step_ops.items() if k.startswith("sync ")},
+            "aten_ops_per_step": per_step_ops.get("aten_ops", 0.0),
+            "compute_ops_per_step": per_step_ops.get("compute_ops", 0.0),
             "kernels_per_step": per_step_ops.get("kernels") if on.type == "cuda" else None}
 
 
@@ -310,7 +319,9 @@ def profile(P: dict, exp: str, out: Path, on: torch.device, models=("kdm",), var
               "peak": f"dense bf16 tensor-core peak {peak} TFLOP/s (data sheet), for every precision" if peak else
               "unknown peak for this device: no share of peak",
               "sync_method": Syncs(on).method,
-              "ops_method": "torch.profiler: top-level aten:: operator calls; kernels: CUDA device events",
+              "ops_method": "torch.profiler: aten_ops top-level aten:: calls; compute_ops the innermost aten:: "
+              "calls that are neither views nor allocations (a CPU's count of kernel launches); kernels: CUDA "
+              "device events",
               "flops_method": "torch.utils.flop_counter.FlopCounterMode, eager fp32, per ordinary step",
               "per_step": f"difference between train_loop runs of 2 and {2 + steps} iterations, / {steps}",
               "scale": scale, "width": width, "steps": steps, "rows": rows}
@@ -336,7 +347,8 @@ def markdown(r: dict) -> str:
              f"- peak: {r['peak']}", f"- per step: {r['per_step']}", f"- FLOPs: {r['flops_method']}",
              f"- syncs: {r['sync_method']}", f"- ops: {r['ops_method']}", ""]
     cols = ["model", "variant", "batch", "it_per_s", "samples_per_s", "flops_per_step", "tflops_per_s",
-            "share_of_peak", "peak_memory_mb", "syncs_per_step", "aten_ops_per_step", "kernels_per_step"]
+            "share_of_peak", "peak_memory_mb", "syncs_per_step", "aten_ops_per_step", "compute_ops_per_step",
+            "kernels_per_step"]
     if train:
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(fmt(x[c]) for c in cols) + " |" for x in train]
