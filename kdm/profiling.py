@@ -310,10 +310,11 @@ def profile(P: dict, exp: str, out: Path, on: torch.device, models=("kdm",), var
             flops = step_flops(model, p, store, steps, on)
             rows += [student(model, p, store, v, steps, on, flops) for v in variants]
         pb = pairs_batch or (8 if small else E["pairs"]["batch"])
-        rows += [teacher_pairs(setup["teacher"], E["sampler"], pb, pairs or 2 * pb, prec, on) for prec in pair_precisions]
+        rows += [teacher_pairs(setup["teacher"], E["sampler"], pb, pairs or 2 * pb, prec, on)
+                 for prec in pair_precisions]
     peak = device_peak(on)
-    name = torch.cuda.get_device_name(on) if on.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, " \
-        f"{torch.get_num_threads()} threads)"
+    name = torch.cuda.get_device_name(on) if on.type == "cuda" else \
+        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     result = {"experiment": exp, "device": name, "torch": torch.__version__, "code": code_revision(),
               "peak_tflops": peak,
               "peak": f"dense bf16 tensor-core peak {peak} TFLOP/s (data sheet), for every precision" if peak else

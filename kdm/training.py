@@ -66,8 +66,9 @@ def _compile(model: nn.Module, how: bool | str, mode: str = "default") -> None:
     training calls, which are not model.forward, run the compiled modules."""
     blocks = [m for m in model.modules() if isinstance(m, (UNetBlock, CompactBlock))] if how == "blocks" else []
     # static shapes, one graph per distinct block and batch size (an epoch's short last batch): a DDPM++ UNet
-    # has more than torch's default limit of 8 graphs per code object, past which the rest would run eagerly
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * len(blocks))
+    # has more than torch's default limit of 8 graphs per code object (cache_size_limit, recompile_limit in newer
+    # torch), past which the rest would run eagerly
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 2 * len(blocks))
     for net in blocks or [c for c in model.children() if any(True for _ in c.parameters())] or [model]:
         net.compile(mode=mode, dynamic=False)
 
@@ -147,9 +148,10 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
     step, so that no other step waits for the device: the stop may come up to `log_every` steps late.
     `batch_losses` draws its batch and any noise from the generator it is given, so the run is a pure
     function of `seed`: a CPU generator, or with `device_generator` on a GPU one on that GPU (the students
-    draw rows and latent noise there without a host sync; another stream of numbers than the CPU's). Every `optim["checkpoint_every"]` steps the model, EMA, optimiser and RNG
-    states go to `checkpoint`; a later call with the same `run_id` (kdm.provenance.fingerprint of what the run
-    depends on) resumes there and ends with bitwise the same weights as an uninterrupted run.
+    draw rows and latent noise there without a host sync; another stream of numbers than the CPU's). Every
+    `optim["checkpoint_every"]` steps the model, EMA, optimiser and RNG states go to `checkpoint`; a later
+    call with the same `run_id` (kdm.provenance.fingerprint of what the run depends on) resumes there and
+    ends with bitwise the same weights as an uninterrupted run.
 
     Speed options in `optim`, all off by default: `precision: bf16` runs `batch_losses` under bf16 autocast
     (weights, EMA, optimiser and the sum of the losses stay fp32); `channels_last` stores the model's (and
@@ -215,7 +217,7 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
                disable=rank > 0)
     for it in bar:
         if compiled:
-            torch.compiler.cudagraph_mark_step_begin()      # CUDA graphs (reduce-overhead): a new step's outputs
+            torch.compiler.cudagraph_mark_step_begin()      # CUDA graphs may reuse the last step's outputs
         if optim["lr_schedule"] == "cosine":
             for group in opt.param_groups:
                 group["lr"] = optim["lr"] * 0.5 * (1 + math.cos(math.pi * it / iters))
