@@ -17,6 +17,9 @@
     python -m kdm export EXP MODEL --seeds 0-49999 --outdir DIR [--subdirs]
                                           # MODEL teacher | kdm-s0 | kd-s1 ...: one PNG per seed, named and drawn
                                           # as EDM's generate.py does (for any external FID tool)
+    python -m kdm profile EXP [--variants fp32,bf16+channels_last] [--scale small] ...
+                                          # a training step's speed, FLOPs, syncs and ops at EXP's sizes, random
+                                          # weights, synthetic pairs: results/profile/EXP.{json,md}
 
 Pair sets are checked on every open: a fast check (sizes, headers, hashes of each array's first and
 last MiB) by default, every byte with KDM_VERIFY=full in the environment.
@@ -74,6 +77,23 @@ def _parser():
     s.add_argument("--outdir", type=Path, required=True)
     s.add_argument("--subdirs", action="store_true", help="one folder per 1000 seeds, as EDM's --subdirs")
     s.add_argument("--batch", type=int, default=None, help="images per call (default: evaluate.batch)")
+    s = sub.add_parser("profile", help="time and count a training step of EXP's students (random weights, "
+                       "synthetic pairs) and its teacher's pairs/s: results/profile/EXP.{json,md}")
+    s.add_argument("exp")
+    s.add_argument("--models", type=_names, default=["kdm"], help="students, comma-separated (default kdm)")
+    s.add_argument("--variants", type=_names, default=["fp32"],
+                   help="training variants, comma-separated: fp32 or bf16, then +channels_last, +compile, "
+                   "+compile=blocks, +cudagraphs (e.g. bf16+compile=blocks); none: no student (default fp32)")
+    s.add_argument("--pairs", type=_names, default=["fp32"], help="teacher pair precisions, comma-separated: fp32, "
+                   "bf16; none: no teacher (default fp32)")
+    s.add_argument("--scale", choices=("paper", "small"), default="paper",
+                   help="small: UNets of 16 channels and one block per level, 8 rows per batch (a CPU in seconds)")
+    s.add_argument("--width", type=int, default=None, help="model_channels of every UNet")
+    s.add_argument("--batch", type=int, default=None, help="training batch (default: the experiment's)")
+    s.add_argument("--steps", type=int, default=5, help="steps measured per variant (default 5)")
+    s.add_argument("--pairs-batch", type=int, default=None, help="teacher batch (default: pairs.batch)")
+    s.add_argument("--pairs-count", type=int, default=None, help="pairs timed (default: two batches)")
+    s.add_argument("--out", type=Path, default=Path("results/profile"), help="output folder (default results/profile)")
     sub.add_parser("check", help="check params.yaml, the files it names and (under DVC) dvc.yaml; write "
                    f"{dag.CHECKED}")
     s = sub.add_parser("dvc-yaml", help="write dvc.yaml for params.yaml's experiments (and the benchmark's)")
@@ -93,6 +113,11 @@ def _int_list(text: str) -> list[int]:
     if not out or min(out) < 0:
         raise argparse.ArgumentTypeError(f"{text!r}: expected non-negative seeds such as 0-99 or 1,5,10-19")
     return out
+
+
+def _names(text: str) -> list[str]:
+    """A comma-separated list; 'none' is the empty one."""
+    return [] if text == "none" else [t for t in text.split(",") if t]
 
 
 def _check_experiment(params: dict, exp: str, source: str) -> None:
@@ -157,6 +182,9 @@ def main(argv=None) -> int:
         if a.command == "export":
             _check_experiment(params, a.exp, a.params)
             return _export(params, a)
+        if a.command == "profile":
+            _check_experiment(params, a.exp, a.params)
+            return _profile(params, a)
         stage = resolve_stage(params, a)
     except config.ParamsError as e:
         print(f"kdm: error: {e}", file=sys.stderr)
@@ -209,6 +237,25 @@ def _export(params, a) -> int:
         print(f"kdm: error: {e}; build it first (snakemake --cores all {runs[a.model]})", file=sys.stderr)
         return 1
     print(f"{a.outdir}: {n} images of {a.exp} {a.model}, seeds {a.seeds[0]}..{a.seeds[-1]}")
+    return 0
+
+
+def _profile(params, a) -> int:
+    """`profile`: kdm.profiling at the experiment's sizes; a bad variant or model is an argument error (2)."""
+    bad = [m for m in a.models if m not in dag.STUDENTS]
+    if bad or min(a.steps, a.batch or 1, a.width or 1, a.pairs_batch or 1, a.pairs_count or 1) < 1:
+        raise config.ParamsError(f"profile: models are {', '.join(dag.STUDENTS)} (got {bad}); --steps, --batch, "
+                                 "--width, --pairs-batch and --pairs-count are positive")
+    profiling = importlib.import_module("kdm.profiling")     # torch and the library: only now, as for a stage
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    try:
+        r = profiling.profile(params[a.exp], a.exp, a.out, importlib.import_module("kdm.device").device(),
+                              a.models, a.variants, a.pairs, a.scale, a.width, a.batch, a.steps, a.pairs_batch,
+                              a.pairs_count)
+    except (OSError, ValueError) as e:
+        print(f"kdm: error: {e}", file=sys.stderr)
+        return 1
+    print(profiling.markdown(r))
     return 0
 
 

@@ -8,7 +8,8 @@ import torch
 
 def device() -> torch.device:
     """Where stages compute: CUDA when there is a GPU, else the CPU; KDM_DEVICE=cpu|cuda overrides.
-    Random draws stay on CPU generators, so the same params give the same bytes on CPU."""
+    Random draws stay on CPU generators (on a GPU the students draw rows and noise there: kdm.training), so the
+    same params give the same bytes on CPU."""
     name = os.environ.get("KDM_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
     if name not in ("cpu", "cuda") or (name == "cuda" and not torch.cuda.is_available()):
         raise ValueError(f"KDM_DEVICE={name!r}: expected 'cpu', or 'cuda' on a machine with a CUDA GPU")

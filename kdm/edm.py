@@ -10,12 +10,13 @@ from kdm.nets import one_hot
 
 class EDMPrecond(nn.Module):
     """D(x; s[, y]) = c_skip(s) x + c_out(s) F(c_in(s) x; c_noise(s)[, y]); y an integer class label,
-    given to F one-hot (conditional teachers: label_dim > 0)."""
+    given to F one-hot (conditional teachers: label_dim > 0). `use_fp16` (an EDM pickle's): on a GPU, F runs
+    in float16 (autocast) and the preconditioning in float32, as EDM runs such networks; the CPU stays float32."""
 
-    def __init__(self, model: nn.Module, sigma_data: float, label_dim: int = 0):
+    def __init__(self, model: nn.Module, sigma_data: float, label_dim: int = 0, use_fp16: bool = False):
         super().__init__()
         self.model = model
-        self.sigma_data, self.label_dim = sigma_data, label_dim
+        self.sigma_data, self.label_dim, self.use_fp16 = sigma_data, label_dim, use_fp16
 
     def forward(self, x, sigma, labels=None):
         sd = self.sigma_data
@@ -25,7 +26,9 @@ class EDMPrecond(nn.Module):
         c_in = 1 / (sd ** 2 + sigma ** 2).sqrt()
         c_noise = sigma.log().flatten() / 4
         x = x.to(torch.float32)
-        return c_skip * x + c_out * self.model(c_in * x, c_noise, one_hot(labels, self.label_dim))
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_fp16 and x.device.type == "cuda"):
+            f = self.model(c_in * x, c_noise, one_hot(labels, self.label_dim))
+        return c_skip * x + c_out * f.to(torch.float32)
 
 
 def edm_loss(net: EDMPrecond, x0, generator: torch.Generator, P_mean: float, P_std: float, labels=None):

@@ -16,10 +16,10 @@ from kdm.students import KoopmanStudent, OneStepStudent
 from kdm.teachers import DiffusersDenoiser
 
 
-def edm_teacher(data_shape, net: dict, sigma_data: float, label_dim: int = 0) -> EDMPrecond:
+def edm_teacher(data_shape, net: dict, sigma_data: float, label_dim: int = 0, use_fp16: bool = False) -> EDMPrecond:
     """EDM preconditioning around a denoiser: an MLP (vector data) or a UNet (images: kind unet, or songunet
-    as in EDM's own networks, converted by kdm.teachers)."""
-    return EDMPrecond(make_net(net, data_shape, data_shape, label_dim), sigma_data, label_dim)
+    as in EDM's own networks, converted by kdm.teachers, with their use_fp16)."""
+    return EDMPrecond(make_net(net, data_shape, data_shape, label_dim), sigma_data, label_dim, use_fp16)
 
 
 ARCHS = {"teacher": edm_teacher, "diffusers": DiffusersDenoiser, "kdm": KoopmanStudent, "kd": OneStepStudent,

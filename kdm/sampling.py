@@ -28,12 +28,15 @@ def teacher_identity(model_pt, net=None) -> dict:
 
 
 def pairs_meta(model_pt, P, net=None) -> dict:
-    """What a pair set records of how it was made; the store checks every shard against it."""
-    return {"teacher": teacher_identity(model_pt, net), "sampler": P["sampler"], "batch": P["pairs"]["batch"]}
+    """What a pair set records of how it was made; the store checks every shard against it. A precision other
+    than the default fp32 is recorded too (fp32 pair sets keep the meta they had before the option)."""
+    precision = P["pairs"].get("precision", "fp32")
+    return {"teacher": teacher_identity(model_pt, net), "sampler": P["sampler"], "batch": P["pairs"]["batch"]} | \
+        ({"precision": precision} if precision != "fp32" else {})
 
 
 def sample(net, seeds: np.ndarray, sampler: dict, batch: int, desc: str, partial: Path | None = None,
-           run_id: str = "") -> dict:
+           run_id: str = "", precision: str = "fp32") -> dict:
     """Pair arrays for `seeds`: x_T = sigma_max * eps(seed), x_0 = Heun ODE solution, in batches; for a
     conditional teacher also the class label each seed requests, both as EDM's generate.py draws them
     (kdm.edm.seed_latents).
@@ -42,6 +45,7 @@ def sample(net, seeds: np.ndarray, sampler: dict, batch: int, desc: str, partial
     (last-bit differences), so padding makes each pair independent of where the seed range ends and
     thus byte-identical for any shard count at a fixed batch size. With `partial` (a directory of its
     own), each finished batch is saved there and a rerun with the same `run_id` reuses them.
+    `precision` bf16 runs the network under bf16 autocast (the preconditioning and the Heun steps stay fp32).
     """
     shape, on = net.data_shape, next(net.parameters()).device
     xT = np.empty((len(seeds),) + shape, np.float32)
@@ -61,8 +65,9 @@ def sample(net, seeds: np.ndarray, sampler: dict, batch: int, desc: str, partial
         padded = torch.cat([noise, noise[-1:].expand(batch - len(noise), *shape)])
         y = None if labels is None else torch.from_numpy(np.pad(labels[lo:hi], (0, batch - (hi - lo)), mode="edge"))
         y = None if y is None else y.to(on)
-        x0[lo:hi] = edm_sampler(net, padded.to(on), sampler["steps"], sampler["sigma_min"], sampler["sigma_max"],
-                                sampler["rho"], labels=y)[:hi - lo].cpu().numpy()
+        with torch.autocast(on.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            x0[lo:hi] = edm_sampler(net, padded.to(on), sampler["steps"], sampler["sigma_min"],
+                                    sampler["sigma_max"], sampler["rho"], labels=y)[:hi - lo].cpu().numpy()
         if partial:
             with atomic_path(partial / f"{lo:012d}.npy") as tmp, open(tmp, "wb") as f:
                 np.save(f, x0[lo:hi])

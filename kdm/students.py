@@ -14,7 +14,7 @@ from torch import nn
 
 from kdm.koopman import make_operator
 from kdm.nets import Discriminator, count_params, make_net, one_hot
-from kdm.optim import adam, average_gradients, step
+from kdm.optim import adam, average_gradients, fuse, step
 
 
 def rec_loss(spec: dict):
@@ -136,8 +136,9 @@ class KoopmanStudent(nn.Module):
         y = one_hot(labels, self.label_dim)
         z0 = self.encode_0(x0, y)
         zT = self.encode_T(x_T, y)
-        z0_noisy = z0 + latent_noise * torch.randn(z0.shape, generator=generator).to(z0.device)
-        zT_noisy = zT + latent_noise * torch.randn(zT.shape, generator=generator).to(zT.device)
+        # drawn where the generator lives: the CPU's bytes on the CPU, no host copy with a GPU's generator
+        z0_noisy = z0 + latent_noise * torch.randn(z0.shape, generator=generator, device=generator.device).to(z0.device)
+        zT_noisy = zT + latent_noise * torch.randn(zT.shape, generator=generator, device=generator.device).to(zT.device)
         z0_pushed = self.push(zT_noisy, y)
         x0_pushed = self.decode(z0_pushed, y)
         terms = {"latent": F.mse_loss(z0_pushed, z0),          # z0 is not detached
@@ -187,6 +188,7 @@ class Adversary:
     def to(self, *args, **kwargs):
         """Like Module.to: a device, or memory_format=torch.channels_last."""
         self.disc.to(*args, **kwargs)
+        fuse(self.opt, next(self.disc.parameters()).device)
         return self
 
     def losses(self, real, fake) -> dict:

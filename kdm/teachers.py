@@ -29,9 +29,9 @@ DDPMPP = dict(model_type="SongUNet", embedding_type="positional", channel_mult_n
 # EDM's SongUNet defaults for the sizes (its released configs override model_channels and channel_mult only)
 SONGUNET_SIZES = dict(model_channels=128, channel_mult=[1, 2, 2, 2], num_blocks=4, attn_resolutions=[16],
                       dropout=0.10, augment_dim=0)
-# read but not needed to compute D: float16 execution, classifier-free label dropout (training only), and
-# the noise range the network was trained for (the sampler's range comes from params)
-EDM_IGNORED = ("use_fp16", "label_dropout", "sigma_min", "sigma_max")
+# read but not needed to compute D: classifier-free label dropout (training only) and the noise range the
+# network was trained for (the sampler's range comes from params)
+EDM_IGNORED = ("label_dropout", "sigma_min", "sigma_max")
 
 
 @dataclass
@@ -61,6 +61,8 @@ def edm_teacher_kwargs(class_name: str, init_kwargs: dict, where: str = "teacher
     channels, res = kw.pop("img_channels"), kw.pop("img_resolution")
     out = dict(data_shape=[channels, res, res], net=net, sigma_data=float(kw.pop("sigma_data", 0.5)),
                label_dim=int(kw.pop("label_dim", 0)))
+    if kw.pop("use_fp16", False):       # float16 on GPUs, as EDM runs it; absent when false (kwargs as before)
+        out["use_fp16"] = True
     unknown = sorted(set(kw) - set(EDM_IGNORED))
     if unknown:
         raise ValueError(f"{where}.path: the network has arguments kdm does not implement: {unknown}")

@@ -22,9 +22,10 @@ from kdm import plots
 from kdm.device import rank_batch, ranks
 from kdm.io import atomic_path, write_json
 from kdm.models import build, save_model
-from kdm.optim import adam, step
+from kdm.optim import adam, fuse, step
 from kdm.provenance import provenance
 from kdm.students import Adversary, rec_loss
+from kdm.unet import CompactBlock, UNetBlock
 
 log = logging.getLogger("kdm.train")
 
@@ -57,12 +58,19 @@ class _Step(nn.Module):
         return self.batch_losses(gen)
 
 
-def _compile(model: nn.Module) -> None:
-    """torch.compile the model's networks (its children with parameters; a leaf model itself) in place:
-    Module.compile keeps the state dict's keys (no `_orig_mod.` prefix), and the students' training calls,
-    which are not model.forward, run the compiled children."""
-    for net in [c for c in model.children() if any(True for _ in c.parameters())] or [model]:
-        net.compile()
+def _compile(model: nn.Module, how: bool | str, mode: str = "default") -> None:
+    """torch.compile in place, with torch.compile's `mode` (reduce-overhead: CUDA graphs): the model's networks
+    (its children with parameters; a leaf model itself), or with how="blocks" each UNet block (regional
+    compilation: one compiled graph per distinct block, so compile time stays bounded; the networks whole when
+    there are none). Module.compile keeps the state dict's keys (no `_orig_mod.` prefix), and the students'
+    training calls, which are not model.forward, run the compiled modules."""
+    blocks = [m for m in model.modules() if isinstance(m, (UNetBlock, CompactBlock))] if how == "blocks" else []
+    # static shapes, one graph per distinct block and batch size (an epoch's short last batch): a DDPM++ UNet
+    # has more than torch's default limit of 8 graphs per code object (cache_size_limit, recompile_limit in newer
+    # torch), past which the rest would run eagerly
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 2 * len(blocks))
+    for net in blocks or [c for c in model.children() if any(True for _ in c.parameters())] or [model]:
+        net.compile(mode=mode, dynamic=False)
 
 
 def _seeds(seed: int, rank: int, world: int) -> tuple[int, int | None]:
@@ -124,7 +132,8 @@ def _save(path: Path, progress: dict, parts: dict, gen: torch.Generator, rank: i
 def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator], dict], weights: dict,
                optim: dict, seed: int, grad_clip: float = 0.0, desc: str = "train",
                checkpoint: Path | None = None, run_id: str = "", companions: dict | None = None,
-               on: torch.device | str = "cpu", snapshots: Path | None = None, snapshot_every: int = 0):
+               on: torch.device | str = "cpu", snapshots: Path | None = None, snapshot_every: int = 0,
+               device_generator: bool = False):
     """Adam on sum(weights[k] * loss_k), lr constant or cosine-decayed; returns (EMA module on the CPU, log rows).
 
     The model (and companions) train on device `on`; `batch_losses` must hand it batches there.
@@ -134,16 +143,22 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
     EpochOrder) hold state that `batch_losses` changes; they are saved in, and restored from, the checkpoints.
 
     Non-finite gradient entries are zeroed, as in the authors' code; a loss that stays non-finite for
-    `optim["max_nonfinite_steps"]` steps raises NonFiniteLoss, leaving the last good checkpoint.
+    `optim["max_nonfinite_steps"]` steps raises NonFiniteLoss, leaving the last good checkpoint. That count
+    stays on the device and is read only at log steps (every `log_every`), checkpoint steps and the last
+    step, so that no other step waits for the device: the stop may come up to `log_every` steps late.
     `batch_losses` draws its batch and any noise from the generator it is given, so the run is a pure
-    function of `seed`. Every `optim["checkpoint_every"]` steps the model, EMA, optimiser and RNG
-    states go to `checkpoint`; a later call with the same `run_id` (kdm.provenance.fingerprint of what the run
-    depends on) resumes there and ends with bitwise the same weights as an uninterrupted run.
+    function of `seed`: a CPU generator, or with `device_generator` on a GPU one on that GPU (the students
+    draw rows and latent noise there without a host sync; another stream of numbers than the CPU's). Every
+    `optim["checkpoint_every"]` steps the model, EMA, optimiser and RNG states go to `checkpoint`; a later
+    call with the same `run_id` (kdm.provenance.fingerprint of what the run depends on) resumes there and
+    ends with bitwise the same weights as an uninterrupted run.
 
     Speed options in `optim`, all off by default: `precision: bf16` runs `batch_losses` under bf16 autocast
     (weights, EMA, optimiser and the sum of the losses stay fp32); `channels_last` stores the model's (and
     companions') conv weights channels-last, so convolutions run in that layout; `compile` torch.compiles
-    the model's networks in place (saved weights stay plain state dicts).
+    the model's networks in place, or with `compile: blocks` each UNet block, with torch.compile's
+    `compile_mode` (reduce-overhead: CUDA graphs); saved weights stay plain state dicts. On a GPU, Adam
+    (the model's and the adversary's) runs its fused kernel.
 
     Under torchrun (WORLD_SIZE > 1) every rank runs this loop: the model is wrapped in DDP (gradients
     averaged over ranks; companions average theirs with `kdm.optim.average_gradients`), each rank draws its batches
@@ -155,7 +170,7 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
     rank, world = ranks()
     batch_seed, global_seed = _seeds(seed, rank, world)
     snapshots = snapshots if snapshot_every and rank == 0 else None
-    gen = torch.Generator().manual_seed(batch_seed)
+    gen = torch.Generator(on if device_generator and on.type == "cuda" else "cpu").manual_seed(batch_seed)
     # a CPU checkpoint never resumes on a GPU, nor the reverse; nor one of another number of ranks
     run_id = f"{run_id}/{on.type}/ranks={world}"
     own_group = world > 1 and not dist.is_initialized()
@@ -173,10 +188,13 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
         for m in [model, *(companions or {}).values()]:
             m.to(memory_format=torch.channels_last)
     opt = adam(model.parameters(), optim["lr"], optim["betas"])
+    fuse(opt, on)
     ema = EMA(model, optim["ema"])
     every, iters = optim.get("log_every", 100), optim["iterations"]
     ckpt_every, max_bad = optim.get("checkpoint_every", 0), optim.get("max_nonfinite_steps", 100)
-    rows, start, bad = [], 0, 0
+    rows, start = [], 0
+    # consecutive non-finite losses up to the last step, and the longest such run: kept on the device
+    run, longest = torch.zeros(2, dtype=torch.int64, device=on).unbind()
     parts = {"model": model, "ema": ema.module, "opt": opt, "companions": companions or {}}
     state = _load_checkpoint(checkpoint, run_id)
     if state:
@@ -185,17 +203,21 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
         log.info("%s: resumed from checkpoint %s at iteration %d", desc, checkpoint, start)
     elif snapshots and snapshots.exists():      # another run's: this one starts from the beginning
         shutil.rmtree(snapshots)
-    if optim.get("compile"):
-        _compile(model)                         # after the EMA's copy, which stays an eager module
+    compiled = optim.get("compile", False)
+    if compiled:                                # after the EMA's copy, which stays an eager module
+        _compile(model, compiled, optim.get("compile_mode", "default"))
     losses = batch_losses
     if world > 1:
-        # unused parameters exist (e.g. EDM's augmentation embedding, never given labels here)
+        # static graph: the same parameters take part in every step, and DDP learns once which never do (e.g.
+        # EDM's augmentation embedding, never given labels here) instead of searching the graph every step
         losses = DistributedDataParallel(_Step(model, batch_losses), device_ids=[on] if on.type == "cuda" else None,
-                                       find_unused_parameters=True)
+                                       static_graph=True)
     model.train()
     bar = tqdm(range(start, iters), desc=desc, mininterval=2.0, miniters=1, initial=start, total=iters,
                disable=rank > 0)
     for it in bar:
+        if compiled:
+            torch.compiler.cudagraph_mark_step_begin()      # CUDA graphs may reuse the last step's outputs
         if optim["lr_schedule"] == "cosine":
             for group in opt.param_groups:
                 group["lr"] = optim["lr"] * 0.5 * (1 + math.cos(math.pi * it / iters))
@@ -212,14 +234,13 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
             mean = torch.stack([v.detach() for v in logged.values()])
             dist.all_reduce(mean)
             logged = dict(zip(logged, mean / world))
-        bad = 0 if torch.isfinite(logged["loss"]) else bad + 1
-        if bad >= max_bad:
-            kept = f"the last good checkpoint is kept at {checkpoint}" if checkpoint and checkpoint.is_file() \
-                else "no checkpoint had been written"
-            raise NonFiniteLoss(f"{desc}: loss was non-finite for {bad} consecutive steps (up to iteration "
-                                f"{it + 1}); {kept}. Lower the learning rate or check the data.")
-        if it % every == 0 or it == iters - 1:
-            row = {"step": it + 1, **{k: v.item() for k, v in logged.items()}}
+        run.add_(1).mul_(~torch.isfinite(logged["loss"]))         # 0 after a finite loss
+        torch.maximum(longest, run, out=longest)
+        log_now = it % every == 0 or it == iters - 1
+        save_now = checkpoint and ckpt_every and (it + 1) % ckpt_every == 0 and it + 1 < iters
+        clean = (log_now or save_now) and _finite_so_far(run, longest, max_bad, it, every, desc, checkpoint)
+        if log_now:
+            row = {"step": it + 1, **dict(zip(logged, torch.stack(list(logged.values())).detach().tolist()))}
             rows.append(row)
             bar.set_postfix(loss=f"{row['loss']:.4g}", refresh=False)
             if it % (every * 10) == 0 or it == iters - 1:
@@ -227,11 +248,25 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
                          " ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step"))
         if snapshots and (it + 1) % snapshot_every == 0:
             save_snapshot(snapshots, it + 1, ema.module)
-        if checkpoint and ckpt_every and (it + 1) % ckpt_every == 0 and it + 1 < iters and bad == 0:
+        if save_now and clean:
             _save(checkpoint, {"run_id": run_id, "iteration": it + 1, "rows": rows}, parts, gen, rank, world, on)
     if own_group:
         dist.destroy_process_group()
     return ema.module.to("cpu", memory_format=torch.contiguous_format), rows
+
+
+def _finite_so_far(run: torch.Tensor, longest: torch.Tensor, max_bad: int, it: int, every: int, desc: str,
+                   checkpoint: Path | None) -> bool:
+    """Whether the last loss was finite; NonFiniteLoss if `max_bad` consecutive ones were not. Reads the
+    device (one sync): only at log and checkpoint steps."""
+    now, worst = torch.stack([run, longest]).tolist()
+    if worst >= max_bad:
+        kept = f"the last good checkpoint is kept at {checkpoint}" if checkpoint and checkpoint.is_file() \
+            else "no checkpoint had been written"
+        raise NonFiniteLoss(f"{desc}: loss was non-finite for {worst} consecutive steps (seen at iteration {it + 1}; "
+                            f"checked every {every} steps and at checkpoints); {kept}. Lower the learning rate or "
+                            "check the data.")
+    return now == 0
 
 
 def save_snapshot(directory: Path, iteration: int, module: torch.nn.Module) -> None:
@@ -294,9 +329,8 @@ def student_kwargs(model: str, p: dict, data_shape, sigma_max: float, label_dim:
 def student_setup(model: str, p: dict, store, seed: int, on):
     """A student ready to train on `store`: (net, its kwargs, batch_losses(gen), companions).
     The train stage runs it to the end; the benchmark times a few of its steps."""
-    x0_all, xT_all = store["x0"], store["xT"]
-    labels_all = store.arrays.get("labels")
-    shape = x0_all.shape[1:]
+    rows = StoreRows(store, on)
+    shape = store["x0"].shape[1:]
     kwargs = student_kwargs(model, p, shape, store.meta["sampler"]["sigma_max"], store.meta["teacher"]["label_dim"])
     net = build(model, kwargs, seed=seed)
     rec = rec_loss(p["rec_loss"])
@@ -313,16 +347,51 @@ def student_setup(model: str, p: dict, store, seed: int, on):
         order = companions["order"] = EpochOrder(len(store), p["batch"], seed)
 
     def batch_losses(gen):
-        idx = order.next_rows() if order else batch_indices(len(store), batch, gen)
-        x0, xT = torch.from_numpy(x0_all[idx]).to(on), torch.from_numpy(xT_all[idx]).to(on)
-        labels = None if labels_all is None else torch.from_numpy(labels_all[idx]).to(on)
-        return net.losses(x0, xT, gen, rec=rec, labels=labels, **extra)
+        got = rows(torch.from_numpy(order.next_rows()) if order else batch_indices(len(store), batch, gen))
+        return net.losses(got["x0"], got["xT"], gen, rec=rec, labels=got.get("labels"), **extra)
     return net, kwargs, batch_losses, companions
 
 
-def batch_indices(n: int, batch: int, gen: torch.Generator):
-    """A training batch's rows: uniform with replacement, sorted so memory-mapped reads go in file order."""
-    return torch.randint(n, (batch,), generator=gen).sort().values.numpy()
+def batch_indices(n: int, batch: int, gen: torch.Generator) -> torch.Tensor:
+    """A training batch's rows, on the generator's device: uniform with replacement, sorted so memory-mapped
+    reads go in file order."""
+    return torch.randint(n, (batch,), generator=gen, device=gen.device).sort().values
+
+
+class StoreRows:
+    """A store's rows (x0, xT and labels when it has them) on device `on`, gathered by row index. On the CPU,
+    and on a GPU whose free memory the store would fill beyond half, they are read from the memory-mapped
+    files; from there a GPU gets them through pinned memory, without waiting. Otherwise the store is copied to
+    the GPU once and rows are gathered there: with indices drawn on the GPU, no step waits for the host."""
+
+    CHUNK = 1 << 16         # rows per copy to the GPU: the host holds one chunk at a time
+
+    def __init__(self, store, on: torch.device):
+        self.on = torch.device(on)
+        self.arrays = {n: store[n] for n in ("x0", "xT", "labels") if n in store.arrays}
+        size = sum(a.nbytes for a in self.arrays.values())
+        self.resident = self.on.type == "cuda" and size < torch.cuda.mem_get_info(self.on)[0] / 2
+        if self.resident:
+            self.arrays = {n: self._copy(a) for n, a in self.arrays.items()}
+        elif self.on.type == "cuda":
+            log.warning("the store (%.1f GB) is read from its memory-mapped files: rows drawn on the GPU wait for "
+                        "their copy to the host every step", size / 1e9)
+
+    def _copy(self, a) -> torch.Tensor:
+        out = torch.empty(a.shape, dtype=torch.from_numpy(np.array(a[:1])).dtype, device=self.on)
+        for i in range(0, len(a), self.CHUNK):
+            out[i:i + self.CHUNK] = torch.from_numpy(np.array(a[i:i + self.CHUNK]))
+        return out
+
+    def __call__(self, idx: torch.Tensor) -> dict:
+        if self.resident:
+            idx = idx.pin_memory().to(self.on, non_blocking=True) if idx.device.type == "cpu" else idx
+            return {n: a[idx] for n, a in self.arrays.items()}
+        idx = idx.cpu().numpy()
+        got = {n: torch.from_numpy(a[idx]) for n, a in self.arrays.items()}
+        if self.on.type == "cuda":
+            return {n: t.pin_memory().to(self.on, non_blocking=True) for n, t in got.items()}
+        return {n: t.to(self.on) for n, t in got.items()}
 
 
 class EpochOrder:

@@ -1,11 +1,14 @@
-"""Training speed options on the CPU: bf16 autocast, channels-last, torch.compile, and the params that set them."""
+"""Speed options on the CPU: bf16 autocast, channels-last, torch.compile (whole networks or UNet blocks), bf16
+pairs and EDM's use_fp16, and the params that set them."""
 import math
 import time
 
+import numpy as np
 import pytest
 import torch
 
-from kdm import config
+from kdm import config, teachers
+from kdm.sampling import pairs_meta, sample
 from kdm.students import Adversary, rec_loss
 from kdm.device import rank_batch
 from kdm.models import build, load_model, save_model
@@ -120,8 +123,15 @@ def test_options_in_params():
     p = tiny_digits()
     exp = p["digits-cond"]
     exp["kdm"].update(precision="bf16", channels_last=True, compile=True, gpus=2)
+    exp["kd"].update(compile="blocks", compile_mode="reduce-overhead")
     exp["teacher"].update(precision="fp32", gpus=4)
+    exp["pairs"]["precision"] = "bf16"
     config.validate(p)
+    for key, bad in [("compile", "regions"), ("compile_mode", "fast")]:
+        with pytest.raises(config.ParamsError, match=rf"digits-cond\.kd\.{key}: got '{bad}'"):
+            config.validate({**p, "digits-cond": {**exp, "kd": {**exp["kd"], key: bad}}})
+    with pytest.raises(config.ParamsError, match=r"digits-cond\.pairs\.precision: got 'fp16'"):
+        config.validate({**p, "digits-cond": {**exp, "pairs": {**exp["pairs"], "precision": "fp16"}}})
     exp["kd"]["gpus"] = 3
     with pytest.raises(config.ParamsError, match=r"digits-cond\.kd\.gpus: 3 does not divide digits-cond\.kd\.batch"):
         config.validate(p)
@@ -132,3 +142,36 @@ def test_options_in_params():
     exp["classifier"]["gpus"] = 2          # the classifier trains in one process
     with pytest.raises(config.ParamsError, match=r"classifier.*gpus"):
         config.validate(p)
+
+
+def test_compile_blocks_compiles_each_unet_block(fp32, monkeypatch):
+    why = _compile_works()
+    if why:
+        pytest.skip(f"torch.compile does not work here ({why[:200]})")
+    compiled, plain = [], torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(self) or plain(self, *a, **k))
+    ema, rows, adv = fit(compile="blocks")
+    assert {type(m).__name__ for m in compiled} == {"CompactBlock"} and len(compiled) == 3 * 6    # 6 per UNet
+    assert_close_run(rows, fp32[1], first=1e-5, later=1e-2)
+    assert not [k for k in ema.state_dict() if "_orig_mod" in k]
+
+
+def test_bf16_pairs_are_close_to_fp32_and_recorded(tmp_path):
+    kwargs = dict(data_shape=[1, 8, 8], net=UNET, sigma_data=0.5)
+    net = build("teacher", kwargs, seed=0).eval().requires_grad_(False)
+    net.data_shape = (1, 8, 8)
+    sampler = {"steps": 4, "sigma_min": 0.002, "sigma_max": 80.0, "rho": 7.0}
+    ref, got = (sample(net, np.arange(4), sampler, 4, "pairs", precision=p)["x0"] for p in ("fp32", "bf16"))
+    assert not np.array_equal(ref, got) and np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+    save_model(tmp_path / "model.pt", "teacher", kwargs, net, (1, 8, 8))
+    P = {"sampler": sampler, "pairs": {"batch": 4}}
+    assert "precision" not in pairs_meta(tmp_path / "model.pt", P, net)           # fp32 pair sets: meta as before
+    assert pairs_meta(tmp_path / "model.pt", {**P, "pairs": {"batch": 4, "precision": "bf16"}}, net)["precision"] == "bf16"
+
+
+def test_edm_pickles_use_fp16_is_kept_only_when_set():
+    init = dict(img_resolution=8, img_channels=1, model_type="SongUNet", model_channels=16)
+    assert teachers.edm_teacher_kwargs("EDMPrecond", {**init, "use_fp16": True})["use_fp16"] is True
+    assert "use_fp16" not in teachers.edm_teacher_kwargs("EDMPrecond", {**init, "use_fp16": False})
+    net = build("teacher", dict(data_shape=[1, 8, 8], net=UNET, sigma_data=0.5, use_fp16=True), seed=0)
+    assert net(torch.randn(2, 1, 8, 8), torch.ones(2)).dtype == torch.float32       # float32 on the CPU

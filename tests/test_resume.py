@@ -74,9 +74,25 @@ def test_persistent_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path
         return {"l2": (net(torch.randn(4, 2, generator=gen)) ** 2).mean() * scale}
 
     ckpt = tmp_path / "checkpoint.pt"
-    with pytest.raises(NonFiniteLoss, match=r"non-finite for 5 consecutive steps \(up to iteration 28\).*checkpoint.pt"):
+    # NaN from iteration 24: the 5th at 28, read at the checkpoint step 30 (the count stays on the device
+    # between log and checkpoint steps), which is not written
+    with pytest.raises(NonFiniteLoss, match=r"non-finite for 7 consecutive steps \(seen at iteration 30;.*checkpoint.pt"):
         train_loop(net, batch, {}, OPTIM, seed=0, checkpoint=ckpt, run_id="x")
     assert torch.load(ckpt, weights_only=True)["iteration"] == 20
+
+
+def test_a_nonfinite_run_between_two_reads_still_stops():
+    """Five NaN losses at iterations 12-16, finite again when log step 21 reads the count: the longest run counts."""
+    net = torch.nn.Linear(2, 1)
+    calls = {"n": 0}
+
+    def batch(gen):
+        calls["n"] += 1
+        scale = float("nan") if 12 <= calls["n"] <= 16 else 1.0
+        return {"l2": (net(torch.randn(4, 2, generator=gen)) ** 2).mean() * scale}
+
+    with pytest.raises(NonFiniteLoss, match=r"non-finite for 5 consecutive steps \(seen at iteration 21;"):
+        train_loop(net, batch, {}, {**OPTIM, "log_every": 10}, seed=0)
 
 
 class DyingNet(torch.nn.Module):

@@ -79,7 +79,7 @@ def _steps(model: str, p: dict, store, seed: int, iterations: int) -> float:
     spec = {**p, "iterations": iterations, "checkpoint_every": 0, "log_every": iterations}
     t0 = time.perf_counter()
     train_loop(net, batch_losses, p.get("loss_weights", {}), spec, seed=seed, desc=f"benchmark {model}",
-               companions=companions, on=on)
+               companions=companions, on=on, device_generator=True)
     return time.perf_counter() - t0
 
 
@@ -89,7 +89,7 @@ def store_reads(store, batch: int, batches: int, seed: int) -> float:
     names = [n for n in ("x0", "xT", "labels") if n in store.arrays]
     t0 = time.perf_counter()
     for _ in range(batches):
-        idx = batch_indices(len(store), batch, gen)
+        idx = batch_indices(len(store), batch, gen).numpy()
         for n in names:
             torch.from_numpy(store[n][idx])
     return batches * batch / (time.perf_counter() - t0)

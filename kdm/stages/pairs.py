@@ -33,7 +33,8 @@ def run(stage, P):
     meta = pairs_meta(model_pt, P, net)
     partial = stage.scratch_path
     arrays = sample(net, seeds, sampler, pairs["batch"], desc=stage.name, partial=partial,
-                    run_id=fingerprint(meta, int(seeds[0]), len(seeds), device().type))
+                    run_id=fingerprint(meta, int(seeds[0]), len(seeds), device().type),
+                    precision=pairs.get("precision", "fp32"))
     write_pairset(stage.outs.shard, arrays, meta)
     if partial:
         shutil.rmtree(partial)

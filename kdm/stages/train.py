@@ -23,7 +23,7 @@ def run(stage, P):
     ema, rows = train_loop(net, batch_losses, p.get("loss_weights", {}), p, seed=seed,
                            grad_clip=p["grad_clip"], desc=stage.name, checkpoint=stage.scratch_path,
                            run_id=fingerprint(P, seed, store.manifest["arrays"]), companions=companions, on=on,
-                           snapshots=partial, snapshot_every=P["every"])
+                           snapshots=partial, snapshot_every=P["every"], device_generator=True)
     if ranks()[0]:
         return                  # rank 0 writes every output
     finish_snapshots(partial, stage.outs.snapshots)
