@@ -68,3 +68,8 @@ def test_plots_show_draws_training_curves_against_their_step(repo):
     assert plots["results/quality-vs-speed.png"][0]["type"] == "image"
     repo.dvc("plots", "show")
     assert "checkerboard-train-kdm-s0: loss" in (repo.path / "dvc_plots/index.html").read_text()
+    # another revision's plots come from DVC's cache (results/ is not in Git): the experiment beside the baseline
+    diff = json.loads(repo.dvc("plots", "diff", "HEAD", "--json").stdout)["data"]
+    (spec,) = diff["results/checkerboard/kdm-s0/train.csv"]
+    assert set(spec["revisions"]) == {"workspace", "HEAD"}
+    assert {row["rev"] for row in spec["content"]["data"]["values"]} == {"workspace", "HEAD"}
