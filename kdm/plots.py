@@ -104,9 +104,9 @@ def quality_curve(table, path, title: str) -> None:
     _save(fig, path)
 
 
-def quality_vs_speed(ours, published, path) -> None:
-    """What one step buys: per experiment, quality (FID where measured, else precision) against ms/sample on a log
-    axis, our teacher and students as points (bars: std over training seeds), and published rows measured with
+def quality_vs_speed(ours, published, metrics: dict, path) -> None:
+    """What one step buys: per experiment, quality (its metric in `metrics`: FID, 2-D precision) against ms/sample
+    on a log axis, our teacher and students as points (bars: std over training seeds), and published rows measured with
     the same evaluator against the same reference as horizontal lines (their cost on our machine is unknown)."""
     timed = ours["ms_per_sample"].notna() if "ms_per_sample" in ours else ours["model"].isna()
     untimed, ours = ours[~timed], ours[timed]       # real data: the evaluator's floor, drawn as a line
@@ -116,7 +116,7 @@ def quality_vs_speed(ours, published, path) -> None:
         axes[0, 0].text(0.5, 0.5, "no timed models", ha="center", va="center", transform=axes[0, 0].transAxes)
     for ax, exp in zip(axes.flat, exps):
         rows = ours[ours["experiment"] == exp]
-        metric = "fid" if "fid" in rows and rows["fid"].notna().any() else "precision"
+        metric = metrics[exp]
         for _, r in rows.iterrows():
             std = r.get(f"{metric}_std")
             ax.errorbar(r["ms_per_sample"], r[metric], yerr=None if std is None or np.isnan(std) else std, fmt="o",
@@ -183,3 +183,4 @@ def benchmarks(table, path) -> None:
     ax[3].set(xscale="log", xlabel="shards", ylabel="pairs / s", title="pair sampling vs shards")
     fig.tight_layout()
     _save(fig, path)
+

@@ -1,6 +1,6 @@
 """What DVC users expect of a pipeline, for real on a tiny workspace under Git: `dvc exp run -S` re-runs exactly
-the stages a param reaches, `dvc exp show` lists the table's metrics per experiment, `dvc metrics diff` names
-what changed, and `dvc plots show` draws the training curves as lines against their step."""
+the stages a param reaches, `dvc exp show` lists each model's headline number per experiment, `dvc metrics diff`
+names what changed, and `dvc plots show` draws the training curves as lines against their step."""
 import json
 import re
 
@@ -31,20 +31,23 @@ def test_exp_run_reruns_exactly_the_stages_the_param_reaches(repo):
     assert yaml.safe_load((repo.path / "params.yaml").read_text())["checkerboard"]["kdm"]["lr"] == 0.001
 
 
-def test_exp_show_lists_the_tables_metrics_per_experiment(repo):
+def test_exp_show_lists_each_models_headline_number_per_experiment(repo):
     rows = json.loads(repo.dvc("exp", "show", "--json").stdout)
     baseline = next(r for r in rows if r["rev"] != "workspace")
     (exp,) = [rev for e in baseline["experiments"] for rev in e["revs"]]
     assert exp["name"] == "low-lr"
-    table = {}
+    table, evals = {}, {}
     for name, data in (("baseline", baseline["data"]), ("low-lr", exp["data"])):
         table[name] = data["metrics"]["results/table.json"]["data"]["checkerboard"]
         assert set(table[name]) == {"teacher", "kdm", "kd"}
-        assert {"precision", "coverage", "sw2", "sw2_vs_teacher", "ms_per_sample"} <= set(table[name]["kdm"])
+        assert all(set(row) == {"precision"} for row in table[name].values())      # 2-D: the headline number
+        evals[name] = {m: data["metrics"][f"results/checkerboard/eval/{m}-s0/metrics.json"]["data"]
+                       for m in ("kdm", "kd")}
         assert data["params"]["params.yaml"]["data"]["checkerboard"]["kdm"]["lr"] == (0.001 if name == "low-lr"
                                                                                         else 0.002)
-    assert table["low-lr"]["kd"]["sw2"] == table["baseline"]["kd"]["sw2"]          # the same model, not re-run
-    assert table["low-lr"]["kdm"]["sw2"] != table["baseline"]["kdm"]["sw2"]
+    assert table["low-lr"]["kd"] == table["baseline"]["kd"]          # the same model, not re-run
+    assert evals["low-lr"]["kd"] == evals["baseline"]["kd"]
+    assert evals["low-lr"]["kdm"]["sw2"] != evals["baseline"]["kdm"]["sw2"]
 
 
 def test_metrics_show_and_diff_read_the_declared_metrics(repo):
@@ -53,9 +56,10 @@ def test_metrics_show_and_diff_read_the_declared_metrics(repo):
     assert set(files) == {"results/table.json", *(f"results/checkerboard/eval/{m}/metrics.json"
                                                   for m in ("teacher", "kdm-s0", "kd-s0"))}
     diff = json.loads(repo.dvc("metrics", "diff", "--json").stdout)       # the experiment's workspace vs HEAD
-    assert "results/checkerboard/eval/kdm-s0/metrics.json" in diff and "results/table.json" in diff
+    assert "sw2" in diff["results/checkerboard/eval/kdm-s0/metrics.json"], diff
     assert set(diff) <= {"results/checkerboard/eval/kdm-s0/metrics.json", "results/table.json"}, diff
-    assert all(key.startswith("checkerboard.kdm.") for key in diff["results/table.json"]), diff["results/table.json"]
+    # the tiny students' precision may not move; where it does, it is KDM's
+    assert all(key == "checkerboard.kdm.precision" for key in diff.get("results/table.json", {})), diff
 
 
 def test_plots_show_draws_training_curves_against_their_step(repo):

@@ -9,7 +9,7 @@ import yaml
 
 from kdm import dag
 
-from workspace import Workspace
+from workspace import TINY, Workspace
 
 pytestmark = pytest.mark.e2e
 
@@ -235,9 +235,7 @@ def test_benchmark_target_under_snakemake_then_dvc(digits):
     DVC, which runs it from its own file, takes Snakemake's outputs as current once adopted."""
     import pandas as pd
     params = yaml.safe_load((digits.path / "params.yaml").read_text())
-    params["benchmark"] = {"sampling": {"batches": [1, 4], "repeats": 1},
-                           "training": {"warmup": 1, "iterations": 2, "read_batches": 5},
-                           "memory": {"scale": 2, "iterations": 2}, "pairs": {"count": 64, "batch": 16, "shards": [1, 2]}}
+    params["benchmark"] = TINY["benchmark"]
     digits.write_params(params)
     assert "benchmark" not in digits.snakemake("-n").stdout         # not part of the default run
     digits.snakemake("benchmark")
@@ -294,13 +292,3 @@ def test_snakemake_report_holds_every_figure_by_experiment_and_stage(digits, tmp
     assert "report/report.html" in names
     raw = sorted(n.rsplit("/", 1)[1] for n in names if n.startswith("report/data/raw/"))
     assert raw == sorted(f.rsplit("/", 1)[1] for f in figures | {"results/table.html"}), raw
-
-
-def test_overhead_script_times_both_tools(tmp_path):
-    """tests/overhead.py, the pipeline's own cost on a tiny workspace: every step timed, its table written."""
-    import pandas as pd
-    from overhead import main
-    main(["--shards", "8", "--out", str(tmp_path / "overhead")])
-    t = pd.read_csv(tmp_path / "overhead.csv")
-    assert len(t) == 6 and (t["seconds"] > 0).all() and t["jobs"].iloc[-1] > t["jobs"].iloc[0]
-    assert "no-op" in (tmp_path / "overhead.md").read_text()

@@ -130,3 +130,30 @@ def test_killed_training_resumes_from_checkpoint_bitwise(reference, tmp_path, se
     for rel in ("model.pt", "train.csv"):
         assert digest(ws.path / run / rel) == digest(reference.path / run / rel), rel
     assert not checkpoint.exists(), "the checkpoint outlived a finished run"
+
+
+def test_killed_snakemake_unlocks_and_reruns_the_incomplete_job(reference, tmp_path):
+    """The README's recovery after a crash of Snakemake itself (kill -9 of it and its job, as when a terminal or a
+    node goes): its lock stops the next run until `snakemake --unlock`; the run after it re-makes the output the
+    killed job left incomplete (profiles/default sets rerun-incomplete), with the bytes of an uninterrupted run."""
+    run = "results/checkerboard/kdm-s0"
+    ws = copy_of(reference, tmp_path, [run])
+    smk = subprocess.Popen([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--cores", "1",
+                            f"{run}/model.pt"], cwd=ws.path, env=ws.env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    try:       # the job's first output is there, its last (model.pt, after two figures) not yet: kill then
+        deadline = time.monotonic() + 120
+        while not (ws.path / run / "snapshots").is_dir():
+            assert smk.poll() is None and time.monotonic() < deadline, "the training never finished"
+            time.sleep(0.002)
+    finally:
+        os.killpg(smk.pid, signal.SIGKILL)
+        smk.wait(timeout=60)
+    locked = ws.snakemake(f"{run}/model.pt", check=False)
+    assert locked.returncode and "--unlock" in locked.stderr, locked.stderr[-2000:]
+    ws.snakemake("--unlock")
+    assert not (ws.path / run / "model.pt").exists(), "killed too late: the job had finished"
+    r = ws.snakemake(f"{run}/model.pt")
+    assert "reason: Forced execution" in r.stderr, r.stderr[-2000:]       # the incomplete output, re-made
+    for rel in ("model.pt", "train.csv"):
+        assert digest(ws.path / run / rel) == digest(reference.path / run / rel), rel

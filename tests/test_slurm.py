@@ -1,4 +1,4 @@
-"""The pipeline through SLURM for real: tiny params, workflow/profiles/slurm, every job an sbatch job on
+"""The pipeline through SLURM for real: tiny params, profiles/slurm, every job an sbatch job on
 the cluster that `sinfo` answers for (in CI the one-node cluster of .ci/slurm-up). Skipped where there is
 no cluster, unless KDM_REQUIRE_SLURM=1 (set by .ci/run) makes that a failure."""
 import importlib.util
@@ -57,7 +57,7 @@ def test_pipeline_runs_through_slurm(tmp_path, node):
     cpus, mem_mb = node
     ws = Workspace(tmp_path, tiny_params())
     r = ws.run(sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"),
-               "--profile", str(ROOT / "workflow/profiles/slurm"),
+               "--profile", str(ROOT / "profiles/slurm"),
                "--cores", str(cpus),                          # the profile's node size, here this node's
                # tiny jobs; the profile's 8 GB each may be more than a CI machine has
                "--default-resources", "runtime=30", f"mem_mb={min(2000, mem_mb // 2)}",

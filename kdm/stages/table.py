@@ -5,7 +5,8 @@ were measured against (rows with different references are not comparable).
 - table.csv: every column, one row per (experiment, model), for programs;
 - table.md, table.html, table.tex (booktabs): one section per experiment with only the columns its rows have,
   the students' ratios to the teacher in view, and what every row of the section shares on one line;
-- table.json: our rows' numbers by experiment and model (DVC's metrics: `dvc exp show`, `dvc metrics diff`);
+- table.json: our rows' headline numbers (FID, 2-D: precision) by experiment and model (DVC's metrics, read by
+  `dvc exp show`);
 - quality-vs-speed.png: per experiment, quality against sampling cost (ms/sample, log scale).
 
 With evaluate.seed_sets > 1 a metric's columns are its mean over the seed sets, `<metric>_min` (distances: EDM's
@@ -33,8 +34,6 @@ RATIOS = ["fid", "sw2"]             # distances: a student's over the teacher's 
 ORDER = ["nfe", "ms_per_sample", "speedup", "params", *METRICS, "samples", "seed_sets", "speed_batch", "iterations",
          "train_minutes"]
 ORDER = [c for base in ORDER for c in (base, f"{base}_min", f"{base}_sets_std")]     # a metric's seed-set columns
-SUMMARY = [c for base in ["nfe", "ms_per_sample", "speedup", "params", *METRICS, "train_minutes"]
-           for c in (base, f"{base}_min", f"{base}_sets_std", f"{base}_vs_teacher")]
 TEXT = ["reference", "extractor"]
 SKIP = {"seed", "provenance", "params_trained"}
 
@@ -214,12 +213,21 @@ def latex(table: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
+def headline(rows: pd.DataFrame) -> str:
+    """An experiment's headline metric: FID where its rows measure it, else (2-D) precision."""
+    return "fid" if "fid" in rows and rows["fid"].notna().any() else "precision"
+
+
 def summary(table: pd.DataFrame) -> dict:
-    """Our rows' numbers, {experiment: {model: {column: value}}}: what DVC lists per experiment."""
-    numbers = [c for c in table if c in SUMMARY]
-    return {exp: {row["model"]: {c: float(row[c]) for c in numbers if not _missing(row[c])}
-                  for _, row in rows.iterrows()}
-            for exp, rows in table[is_ours(table)].groupby("experiment", sort=False)}
+    """Our rows' headline numbers, {experiment: {model: {metric: value}}} (the mean over training seeds): what
+    `dvc exp show` lists per experiment, few columns so that they fit a terminal; every number is in table.csv and
+    each evaluation's metrics.json (DVC's metrics too, which `dvc metrics diff` compares)."""
+    out = {}
+    for exp, rows in table[is_ours(table)].groupby("experiment", sort=False):
+        metric = headline(rows)
+        out[exp] = {row["model"]: {metric: float(row[metric])} for _, row in rows.iterrows()
+                    if not _missing(row[metric])}
+    return out
 
 
 def run(stage, P):
@@ -231,5 +239,7 @@ def run(stage, P):
         with atomic_path(path) as tmp:
             tmp.write_text(text)
     write_json(stage.metrics.summary, summary(table))
-    plots.quality_vs_speed(table[is_ours(table)], table[~is_ours(table)], stage.plots.quality_vs_speed)
+    ours = table[is_ours(table)]
+    metrics = {exp: headline(rows) for exp, rows in ours.groupby("experiment")}
+    plots.quality_vs_speed(ours, table[~is_ours(table)], metrics, stage.plots.quality_vs_speed)
     log.info("table:\n%s", markdown(table))

@@ -17,7 +17,7 @@ if "benchmark" in config:
             "logs/benchmark.log",
         conda:
             "../envs/kdm.yaml"
-        threads: workflow.cores
+        threads: all_cores
         params:
             benchmark=config["benchmark"],
         shell:

@@ -1,4 +1,5 @@
 # Shared by every rule: params validation, and helpers that read a rule's params and resources from it.
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from kdm import config as kdm_config
@@ -23,10 +24,25 @@ if config != PARAMS:
         "would be ignored; edit params.yaml (or run in another --directory) instead"
     )
 
-# Threads of a training job (teacher, classifier, students). Small networks on CPU scale poorly with
-# threads (1.5-1.6x from 1 to 2 for the checkerboard MLPs and the digits UNets), so two trainings side by
-# side use the cores better than one with all of them; past 8 threads, more parallel jobs do.
-TRAIN_THREADS = max(1, min(8, workflow.cores // 2))
+
+def all_cores(wildcards):
+    """Threads of a job that runs alone (evaluations and the benchmark time what they run): every core of the
+    run. Decided when the job is planned: commands that run no job (--report, --dag, --summary, --unlock) set no
+    core count, and their jobs get one thread.
+    """
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return 1
+
+
+def train_threads(wildcards):
+    """Threads of a training job (teacher, classifier, students). Small networks on CPU scale poorly with
+    threads (1.5-1.6x from 1 to 2 for the checkerboard MLPs and the digits UNets), so two trainings side by
+    side use the cores better than one with all of them; past 8 threads, more parallel jobs do.
+    """
+    return max(1, min(8, all_cores(wildcards) // 2))
+
 
 # On few cores, start the long chains first (teacher -> pairs -> store -> KDM) so the longest trainings
 # overlap instead of one running alone at the end while an evaluation waits for all cores (seen: a digits

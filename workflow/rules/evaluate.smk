@@ -20,7 +20,7 @@ rule evaluate_data:
         "logs/{exp}/evaluate-data.log",
     conda:
         "../envs/kdm.yaml"
-    threads: workflow.cores
+    threads: all_cores
     params:
         data=section("data"),
         evaluate=section("evaluate"),
@@ -46,7 +46,7 @@ rule evaluate_teacher:
         "logs/{exp}/evaluate-teacher.log",
     conda:
         "../envs/kdm.yaml"
-    threads: workflow.cores
+    threads: all_cores
     params:
         data=section("data"),
         sampler=section("sampler"),
@@ -88,7 +88,7 @@ rule evaluate_student:
         model="|".join(dag.STUDENTS),
     conda:
         "../envs/kdm.yaml"
-    threads: workflow.cores
+    threads: all_cores
     params:
         data=section("data"),
         sampler=section("sampler"),
@@ -122,7 +122,7 @@ rule curve:
         model="|".join(dag.STUDENTS),
     conda:
         "../envs/kdm.yaml"
-    threads: workflow.cores
+    threads: all_cores
     params:
         data=section("data"),
         evaluate=section("evaluate"),

@@ -19,7 +19,7 @@ rule classifier:
         "logs/{exp}/classifier.log",
     conda:
         "../envs/kdm.yaml"
-    threads: TRAIN_THREADS
+    threads: train_threads
     params:
         data=section("data"),
         classifier=section("classifier"),
@@ -34,7 +34,7 @@ rule reference:
         "logs/{exp}/reference.log",
     conda:
         "../envs/kdm.yaml"
-    threads: workflow.cores
+    threads: all_cores
     params:
         data=section("data"),
         extractor=section("evaluate.extractor"),

@@ -18,7 +18,7 @@ rule teacher:
     priority: PRIORITY["teacher"]
     conda:
         "../envs/kdm.yaml"
-    threads: TRAIN_THREADS
+    threads: train_threads
     resources:
         gpu=gpus("teacher"),
         nodes=1,  # torchrun --standalone: all of a job's GPUs on one node

@@ -28,7 +28,7 @@ rule train_kdm:
     priority: PRIORITY["train_kdm"]
     conda:
         "../envs/kdm.yaml"
-    threads: TRAIN_THREADS
+    threads: train_threads
     resources:
         gpu=gpus("kdm"),
         nodes=1,  # torchrun --standalone: all of a job's GPUs on one node
@@ -60,7 +60,7 @@ rule train_kd:
     priority: PRIORITY["train_kd"]
     conda:
         "../envs/kdm.yaml"
-    threads: TRAIN_THREADS
+    threads: train_threads
     resources:
         gpu=gpus("kd"),
         nodes=1,
