@@ -17,6 +17,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/table.smk"
 include: "workflow/rules/benchmark.smk"
+include: "workflow/rules/sweeps.smk"
 
 
 rule all:

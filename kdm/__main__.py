@@ -10,6 +10,8 @@
     python -m kdm evaluate EXP data       # image experiments: the evaluator's floor on real images
     python -m kdm curve EXP {kdm,kd} SEED # a student's snapshots against iterations (snapshots.every > 0)
     python -m kdm table
+    python -m kdm train EXP {kdm,kd} SEED --point SWEEP/POINT    # a sweep point's student (evaluate likewise)
+    python -m kdm sweep SWEEP             # a sweep's table and figure: results/sweeps/SWEEP.{csv,md,tex,json,png}
     python -m kdm benchmark               # speed, memory and scale: results/benchmarks.{csv,md,png}
     python -m kdm dvc-yaml [--check]      # (re)generate dvc.yaml (and workflow/benchmark/dvc.yaml) from params.yaml
     python -m kdm check                   # params.yaml and the files it names: the first stage of both DAGs
@@ -59,15 +61,19 @@ def _parser():
     s.add_argument("exp")
     s.add_argument("model", choices=dag.STUDENTS)
     s.add_argument("seed", type=int)
+    s.add_argument("--point", help="SWEEP/POINT: a sweep point's student (params.yaml sweeps:)")
     s = sub.add_parser("evaluate")
     s.add_argument("exp")
     s.add_argument("model", choices=("data", "teacher") + dag.STUDENTS)
     s.add_argument("seed", type=int, nargs="?")
+    s.add_argument("--point", help="SWEEP/POINT: a sweep point's student (params.yaml sweeps:)")
     s = sub.add_parser("curve")
     s.add_argument("exp")
     s.add_argument("model", choices=dag.STUDENTS)
     s.add_argument("seed", type=int)
     sub.add_parser("table")
+    sub.add_parser("sweep", help="a sweep's table and figure: results/sweeps/NAME.{csv,md,tex,json,png}").add_argument(
+        "name")
     sub.add_parser("benchmark")
     sub.add_parser("verify", help="check every pair set of an experiment byte by byte").add_argument("exp")
     s = sub.add_parser("export", help="write a built model's images as PNGs named by seed, as EDM's generate.py")
@@ -150,6 +156,8 @@ def resolve_stage(params: dict, a) -> dag.Stage:
         return stage
     if a.command == "table":
         return dag.table(params)
+    if a.command == "sweep" or getattr(a, "point", None):
+        return _sweep_stage(params, a)
     _check_experiment(params, a.exp, a.params)
     if a.command == "evaluate" and (a.seed is None) != (a.model in ("data", "teacher")):
         raise config.ParamsError(f"evaluate {a.exp} {a.model}: " + (f"the {a.model} has no training seed, got {a.seed}"
@@ -165,6 +173,29 @@ def resolve_stage(params: dict, a) -> dag.Stage:
             decide.insert(1, f"evaluate.extractor.kind {e['evaluate']['extractor']['kind']!r}")
         raise config.ParamsError(f"{name}: {a.params} gives experiment {a.exp} no such stage ({a.exp} has "
                                  f"{', '.join(decide)}); its stages are: {', '.join(known)}")
+    return known[name]
+
+
+def _sweep_stage(params: dict, a) -> dag.Stage:
+    """A sweep's table, or a sweep point's training or evaluation."""
+    sweep, _, point = (a.name if a.command == "sweep" else a.point).partition("/")
+    sweeps = params.get("sweeps", {})
+    if sweep not in sweeps:
+        raise config.ParamsError(f"sweep {sweep!r}: {a.params} has no such sweep; expected one of {sorted(sweeps)}")
+    if a.command == "sweep":
+        return dag.sweep_table(params, sweep)
+    if sweeps[sweep]["experiment"] != a.exp:
+        raise config.ParamsError(f"{a.command} {a.exp} --point {a.point}: sweep {sweep!r} is of experiment "
+                                 f"{sweeps[sweep]['experiment']!r}")
+    known = {s.name: s for s in dag.sweep_stages(params, sweep)}
+    name = next((p.stage_name(f"{a.exp}-{a.command}-{dag.student_run(a.model, a.seed)}")
+                 for p in dag.points(params, sweep) if p.name == point), None)
+    if name not in known:
+        raise config.ParamsError(f"{a.command} {a.exp} {a.model} {a.seed} --point {a.point}: sweep {sweep!r} trains no "
+                                 f"such student (its points: {', '.join(p.name for p in dag.points(params, sweep))}; "
+                                 f"students {sweeps[sweep].get('students', ['kdm'])}; seeds "
+                                 f"{dag.sweep_seeds(params, sweep)}; a point equal to the experiment's own student is "
+                                 "that student)")
     return known[name]
 
 
@@ -276,8 +307,9 @@ def _check(params, source) -> int:
 
 def _dvc_yaml(params, check: bool) -> int:
     files = dag.dvc_files(params)
+    gone = [p for p in (dag.BENCHMARK_DVC, dag.SWEEPS_DVC) if p not in files and Path(p).is_file()]  # params dropped
     if check:
-        stale = [p for p, text in files.items() if not Path(p).is_file() or Path(p).read_text() != text]
+        stale = gone + [p for p, text in files.items() if not Path(p).is_file() or Path(p).read_text() != text]
         if stale:
             print(f"kdm: error: {', '.join(stale)} out of date with params; run `python -m kdm dvc-yaml`",
                   file=sys.stderr)
@@ -287,6 +319,8 @@ def _dvc_yaml(params, check: bool) -> int:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             tmp.write_text(text)
+    for path in gone:
+        Path(path).unlink()
     return 0
 
 

@@ -4,7 +4,9 @@ Kept free of torch so that Snakemake and the DVC-file generator import it in mil
 """
 from __future__ import annotations
 
+import copy
 import functools
+import itertools
 from pathlib import Path
 
 import jsonschema
@@ -13,7 +15,8 @@ import yaml
 SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
 FIXED_SHAPES = {"checkerboard": (2,), "digits": (1, 8, 8)}     # one sample's shape, for kinds that fix it
 IMAGE_KINDS = ("digits", "images")
-RESERVED = ("experiments", "benchmark")                        # top-level keys that are not experiments
+RESERVED = ("experiments", "benchmark", "sweeps")              # top-level keys that are not experiments
+STUDENTS = ("kdm", "kd")                                       # the students of every experiment
 
 
 class ParamsError(ValueError):
@@ -94,6 +97,11 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
                 raise ParamsError(f"{source}: {name}.{key}.gpus: {gpus} does not divide {name}.{key}.batch = "
                                   f"{exp[key]['batch']}; expected a divisor (batch is the global batch)")
         _check_networks(source, name, exp)
+        for key in STUDENTS:
+            used, count = exp[key].get("pairs_used", 0), exp["pairs"].get("count")
+            if count and used > count:
+                raise ParamsError(f"{source}: {name}.{key}.pairs_used: {used} exceeds {name}.pairs.count = {count}; "
+                                  "expected at most the store's pairs")
         snapshots, ev = exp["snapshots"], exp["evaluate"]
         if snapshots["every"] and snapshots["samples"] > ev["samples"]:      # (schema: samples iff every)
             raise ParamsError(f"{source}: {name}.snapshots.samples: {snapshots['samples']} exceeds "
@@ -108,8 +116,79 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
                               "only; expected inception-v3-compat for an image data set given by path")
     if "benchmark" in params:
         _check_benchmark(source, params)
+    for name, sweep in params.get("sweeps", {}).items():
+        _check_sweep(source, params, name, sweep)
     return params
 
+
+def _check_sweep(source: str, params: dict, name: str, sweep: dict) -> None:
+    """A sweep's experiment runs by default, its axes reach its students, and every point's params are valid."""
+    key, exp = f"sweeps.{name}", sweep["experiment"]
+    if exp not in params["experiments"]:
+        raise ParamsError(f"{source}: {key}.experiment: {exp!r} is not in experiments {params['experiments']}; "
+                          "expected an experiment of the default run (its store, evaluation and students)")
+    students = sweep.get("students", ["kdm"])
+    for axis in sweep["axes"]:
+        head = axis.split(".")[0]
+        if head in STUDENTS and head not in students:
+            raise ParamsError(f"{source}: {key}.axes.{axis}: the sweep trains {students}, not {head}; expected "
+                              f"{head} in {key}.students")
+    if sweep.get("mode") == "zip" and len({len(v) for v in sweep["axes"].values()}) > 1:
+        raise ParamsError(f"{source}: {key}.axes: mode zip pairs the axes' i-th values; expected lists of one length, "
+                          f"got {[len(v) for v in sweep['axes'].values()]}")
+    names = [point for point, _ in sweep_points(sweep)]
+    if len(set(names)) < len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ParamsError(f"{source}: {key}.axes: points {twice} come more than once; expected distinct points")
+    for point, values in sweep_points(sweep):
+        at = {**params[exp], **{m: with_settings(params[exp][m], point_settings(values, m)) for m in students}}
+        validate({"experiments": [exp], exp: at}, f"{source}: {key} point {point}")
+
+
+def sweep_points(sweep: dict) -> list[tuple[str, tuple]]:
+    """A sweep's points, (name, ((axis, value), ...)): every combination of its axes' values (mode grid, the
+    default), or their i-th values together (zip). A point is named by its values, each by the shortest end of
+    its key that tells the axes apart (never a bare `kind`), e.g. "latent_dim=64" or "push=0,adv=0.01"."""
+    keys = list(sweep["axes"])
+
+    def label(key):
+        parts = key.split(".")
+        for n in range(1, len(parts) + 1):
+            end = ".".join(parts[-n:])
+            if end != "kind" and sum(k == end or k.endswith(f".{end}") for k in keys) == 1:
+                return end
+        return key
+
+    def text(value):
+        return str(value).lower() if isinstance(value, bool) else str(value)
+    values = sweep["axes"].values()
+    combos = zip(*values) if sweep.get("mode", "grid") == "zip" else itertools.product(*values)
+    return [(",".join(f"{label(k)}={text(v)}" for k, v in zip(keys, c)), tuple(zip(keys, c))) for c in combos]
+
+
+def point_settings(values: tuple, model: str) -> dict:
+    """The keys (dotted, within its section) a sweep point's values set on a student: an axis without a student's
+    name sets every student of the sweep, `kdm.<key>` only KDM."""
+    out = {}
+    for key, value in values:
+        head, _, rest = key.partition(".")
+        if head not in STUDENTS:
+            out[key] = value
+        elif head == model:
+            out[rest] = value
+    return out
+
+
+def with_settings(section: dict, settings: dict) -> dict:
+    """A copy of a params section with dotted keys set (missing mappings on the way created)."""
+    out = copy.deepcopy(section)
+    for key, value in settings.items():
+        *parents, last = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
 
 def _check_pairs(source: str, name: str, exp: dict) -> None:
     pairs, ev = exp["pairs"], exp["evaluate"]

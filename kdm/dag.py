@@ -22,9 +22,8 @@ from pathlib import Path
 
 import yaml
 
-from kdm.config import IMAGE_KINDS, imported, section
+from kdm.config import IMAGE_KINDS, STUDENTS, imported, point_settings, section, sweep_points, with_settings
 
-STUDENTS = ("kdm", "kd")
 
 
 class Files(dict):
@@ -54,6 +53,7 @@ class Stage:
     plots: Files = field(default_factory=Files)     # CSV / PNG plots (outputs, not cached by DVC)
     scratch: str = ""                          # resumable partial work (not an output; kept across kills)
     persist: bool = False                      # DVC leaves the outs in place while the command runs
+    overrides: tuple = ()                      # (dotted key, value): a sweep point's params over params.yaml's
     args: dict = field(default_factory=dict, compare=False)  # the wildcard values
 
     @property
@@ -186,16 +186,19 @@ def snapshot_dir(exp, run):
     return f"{_run_dir(exp, run)}/snapshots/"
 
 
-def train(exp, model, seed, gpus=1):
-    run = student_run(model, seed)
+def train(exp, model, seed, gpus=1, point: Point | None = None):
+    """A student's training; a sweep point's (`point`) trains as the experiment's students do, with the point's
+    params over the student's section, into the point's folder."""
+    run = student_run(model, seed) if point is None else point.run(model, seed)
     files = model_files(exp, run)
     files["outs"]["snapshots"] = snapshot_dir(exp, run)
     if model == "kdm":      # every KDM run also draws the spectrum of its operator
         files["plots"]["spectrum"] = f"{_run_dir(exp, run)}/spectrum.png"
-    return Stage(name=f"{exp}-train-{run}", cmd=f"{launch(gpus)} train {exp} {model} {seed}",
+    name, cmd = f"{exp}-train-{student_run(model, seed)}", f"{launch(gpus)} train {exp} {model} {seed}"
+    return Stage(name=name if point is None else point.stage_name(name), cmd=cmd if point is None else point.cmd(cmd),
                  deps=Files(store=store_dir(exp)), params=(f"{exp}.{model}", f"{exp}.snapshots.every"),
-                 log=f"logs/{exp}/train-{run}.log",
-                 args=dict(exp=exp, model=model, seed=seed), **files)
+                 log=f"logs/{exp}/train-{run}.log", args=dict(exp=exp, model=model, seed=seed),
+                 overrides=() if point is None else point.overrides(model), **files)
 
 
 def eval_dir(exp, run):
@@ -211,12 +214,13 @@ def evaluate_teacher(params, exp):
                  plots=Files(grid=f"{d}/samples.png"), args=dict(exp=exp, model="teacher"))
 
 
-def evaluate_student(params, exp, model, seed):
-    run = student_run(model, seed)
+def evaluate_student(params, exp, model, seed, point: Point | None = None):
+    run = student_run(model, seed) if point is None else point.run(model, seed)
     d = eval_dir(exp, run)
     trained = model_files(exp, run)["outs"]
+    name, cmd = f"{exp}-evaluate-{student_run(model, seed)}", f"python -m kdm evaluate {exp} {model} {seed}"
     # the teacher is timed again beside the student (the speedup is measured in one process)
-    return Stage(name=f"{exp}-evaluate-{run}", cmd=f"python -m kdm evaluate {exp} {model} {seed}",
+    return Stage(name=name if point is None else point.stage_name(name), cmd=cmd if point is None else point.cmd(cmd),
                  deps=Files(model=trained.model, config=trained.config,
                             teacher_samples=evaluate_teacher(params, exp).outs.samples, teacher=teacher_pt(exp),
                             **evaluator_deps(params, exp)), outs=Files(),
@@ -294,6 +298,96 @@ def benchmark(params):
                  args=dict(experiments=exps))
 
 
+SWEEPS_DVC = "workflow/sweeps/dvc.yaml"     # apart from dvc.yaml: `dvc repro workflow/sweeps/dvc.yaml` runs them
+
+
+@dataclass(frozen=True)
+class Point:
+    """A point of a sweep (params.yaml `sweeps:`, kdm.config.sweep_points): a value of each axis, set on the students
+    the sweep trains."""
+    exp: str
+    sweep: str
+    name: str               # e.g. "latent_dim=64" or "push=0,adv=0.01"
+    values: tuple           # (axis key, value) in the axes' order
+
+    def settings(self, model) -> dict:
+        return point_settings(self.values, model)
+
+    def overrides(self, model) -> tuple:
+        return tuple((f"{self.exp}.{model}.{k}", v) for k, v in self.settings(model).items())
+
+    def run(self, model, seed) -> str:
+        return f"sweeps/{self.sweep}/{self.name}/{student_run(model, seed)}"
+
+    def stage_name(self, name) -> str:
+        """A DVC stage name (letters, digits, - and _ only): the base stage's, with the sweep and point."""
+        slug = self.name.replace("=", "-").replace(",", "_").replace(".", "p")
+        return name.replace(f"{self.exp}-", f"{self.exp}-sweep-{self.sweep}-{slug}-", 1)
+
+    def cmd(self, cmd) -> str:
+        return f"{cmd} --point {self.sweep}/{self.name}"
+
+
+def points(params, sweep) -> list[Point]:
+    s = params["sweeps"][sweep]
+    return [Point(s["experiment"], sweep, name, values) for name, values in sweep_points(s)]
+
+
+def sweep_seeds(params, sweep) -> list[int]:
+    s = params["sweeps"][sweep]
+    return s.get("seeds", params[s["experiment"]]["train_seeds"])
+
+
+def sweep_runs(params, sweep) -> list[tuple[Point, str, int, str]]:
+    """(point, model, seed, run) of every student a sweep measures. A point whose settings leave the student as
+    the experiment trains it (pairs_used: all of the store's) is the experiment's own run for the seeds it trains:
+    `run` is then e.g. kdm-s0, and nothing is trained again."""
+    s = params["sweeps"][sweep]
+    exp = s["experiment"]
+    out = []
+    for point in points(params, sweep):
+        for model in s.get("students", ["kdm"]):
+            base = params[exp][model]
+            mine = with_settings(base, point.settings(model))
+            if not imported(params[exp]["pairs"]) and mine.get("pairs_used") == params[exp]["pairs"]["count"]:
+                mine.pop("pairs_used")
+            same = mine == base
+            for seed in sweep_seeds(params, sweep):
+                reuse = same and seed in params[exp]["train_seeds"]
+                out.append((point, model, seed, student_run(model, seed) if reuse else point.run(model, seed)))
+    return out
+
+
+def sweep_table(params, sweep):
+    """A sweep's table and figure: every run's evaluation, the teacher's (the line to approach) and the
+    experiment's own students' (the lines the points move from)."""
+    exp = params["sweeps"][sweep]["experiment"]
+    runs = [(p.name, p.values, m, seed, f"{eval_dir(exp, run)}/metrics.json") for p, m, seed, run in
+            sweep_runs(params, sweep)]
+    own = [evaluate_student(params, exp, m, seed).metrics.metrics
+           for m in params["sweeps"][sweep].get("students", ["kdm"]) for seed in params[exp]["train_seeds"]]
+    d = f"results/sweeps/{sweep}"
+    return Stage(name=f"sweep-{sweep}", cmd=f"python -m kdm sweep {sweep}",
+                 deps=Files(teacher=evaluate_teacher(params, exp).metrics.metrics, own=own,
+                            metrics=[r[-1] for r in runs if r[-1] not in own]),
+                 outs=Files(csv=f"{d}.csv", md=f"{d}.md", tex=f"{d}.tex"), metrics=Files(summary=f"{d}.json"),
+                 plots=Files(figure=f"{d}.png"), params=(f"sweeps.{sweep}", f"{exp}.pairs"),
+                 log=f"logs/sweeps/{sweep}.log", args=dict(exp=exp, sweep=sweep, runs=runs))
+
+
+def sweep_stages(params, sweep) -> list[Stage]:
+    """A sweep's training and evaluation stages (the points that are not the experiment's own runs), then its
+    table."""
+    exp = params["sweeps"][sweep]["experiment"]
+    new = [(p, m, seed) for p, m, seed, run in sweep_runs(params, sweep) if run == p.run(m, seed)]
+    return ([train(exp, m, seed, gpus(params, exp, m), point=p) for p, m, seed in new]
+            + [evaluate_student(params, exp, m, seed, point=p) for p, m, seed in new] + [sweep_table(params, sweep)])
+
+
+def all_sweep_stages(params) -> list[Stage]:
+    return [s for sweep in params.get("sweeps", {}) for s in sweep_stages(params, sweep)]
+
+
 def experiment_stages(params, exp) -> list[Stage]:
     """Every stage of experiment `exp`, in topological order."""
     out = [classifier(exp)] if has_classifier(params, exp) else [reference(exp)] if images(params, exp) else []
@@ -310,7 +404,11 @@ def stages(params) -> list[Stage]:
 
 
 def stage_params(params, stage: Stage) -> dict:
-    """The params a stage reads, keyed by their section name (e.g. 'kdm', 'sampler')."""
+    """The params a stage reads, keyed by their section name (e.g. 'kdm', 'sampler'), with a sweep point's
+    settings over params.yaml's."""
+    for key, value in stage.overrides:
+        exp, model, dotted = key.split(".", 2)
+        params = {**params, exp: {**params[exp], model: with_settings(params[exp][model], {dotted: value})}}
     return {key.split(".")[-1]: section(params, key) for key in stage.params}
 
 
@@ -347,13 +445,15 @@ def _dvc_stage(s: Stage, params) -> dict:
 
 def dvc_files(params) -> dict[str, str]:
     """dvc.yaml for the experiments that run by default, and (with a `benchmark` section) the benchmark's
-    own dvc.yaml, run from the project root: `dvc repro workflow/benchmark/dvc.yaml`."""
+    own dvc.yaml, run from the project root: `dvc repro workflow/benchmark/dvc.yaml`; (with `sweeps`) the sweeps'
+    stages in theirs: `dvc repro workflow/sweeps/dvc.yaml`."""
     header = ("# Generated from params.yaml by `python -m kdm dvc-yaml` (kdm/dag.py): do not edit by hand.\n"
               "# Snakemake runs the same stages (Snakefile); tests/test_dag.py checks that the two agree.\n")
     out = {"dvc.yaml": header + yaml.safe_dump({"stages": {s.name: _dvc_stage(s, params) for s in stages(params)}},
                                                sort_keys=False, width=120)}
-    if "benchmark" in params:
-        s = benchmark(params)
-        entry = {"wdir": "../..", **_dvc_stage(s, params)}
-        out[BENCHMARK_DVC] = header + yaml.safe_dump({"stages": {s.name: entry}}, sort_keys=False, width=120)
+    apart = {BENCHMARK_DVC: [benchmark(params)] if "benchmark" in params else [], SWEEPS_DVC: all_sweep_stages(params)}
+    for path, of_file in apart.items():        # run from the project root
+        if of_file:
+            out[path] = header + yaml.safe_dump({"stages": {s.name: {"wdir": "../..", **_dvc_stage(s, params)}
+                                                            for s in of_file}}, sort_keys=False, width=120)
     return out

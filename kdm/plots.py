@@ -184,3 +184,31 @@ def benchmarks(table, path) -> None:
     fig.tight_layout()
     _save(fig, path)
 
+
+def sweep(table, axes: list[str], metric: str, lower_is_better: bool, teacher, own: dict, path, title: str) -> None:
+    """A sweep's headline metric per point, one line per student (bars: std over seeds): against the axis when
+    there is one numeric axis (log scale where its values span a decade or more), else against the points in
+    order; the teacher and the experiment's own students (where a point is one) as horizontal lines."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    numeric = len(axes) == 1 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in table[axes[0]])
+    names = list(dict.fromkeys(table["point"]))
+    for model, rows in table.groupby("model", sort=False):
+        x = rows[axes[0]].astype(float) if numeric else [names.index(p) for p in rows["point"]]
+        ax.errorbar(x, rows[metric], yerr=rows.get(f"{metric}_std"), fmt="o-", capsize=3, label=model)
+    if teacher is not None:
+        ax.axhline(teacher, color="k", ls=":", lw=1, label="teacher")
+    for (model, value), ls in zip(own.items(), ("--", "-.")):
+        ax.axhline(value, color="gray", ls=ls, lw=0.8, label=f"{model} (the experiment's own)")
+    if numeric:
+        values = table[axes[0]].astype(float)
+        if values.min() > 0 and values.max() / values.min() >= 10:
+            ax.set_xscale("log")
+        ax.set_xlabel(axes[0])
+    else:
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+        ax.set_xlabel(", ".join(axes))
+    ax.set_ylabel(f"{metric} ({'lower' if lower_is_better else 'higher'} is better)")
+    ax.set_title(title, fontsize=7)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)

@@ -342,12 +342,15 @@ def student_setup(model: str, p: dict, store, seed: int, on):
             extra["adversary"] = companions["adversary"] = Adversary(
                 shape[0], shape[-1], p["adversary"]["widths"], p["lr"], p["betas"], seed=seed + 1,
                 head=p["adversary"].get("head", "linear"))
+    n = p.get("pairs_used", len(store))     # a pair budget: the store's first n pairs (seed order)
+    if n > len(store):
+        raise ValueError(f"{model}.pairs_used: {n} exceeds the store's {len(store)} pairs; expected at most that")
     order = None
     if p.get("data_order", "with_replacement") == "epochs":     # the global batch: each rank takes its part
-        order = companions["order"] = EpochOrder(len(store), p["batch"], seed)
+        order = companions["order"] = EpochOrder(n, p["batch"], seed)
 
     def batch_losses(gen):
-        got = rows(torch.from_numpy(order.next_rows()) if order else batch_indices(len(store), batch, gen))
+        got = rows(torch.from_numpy(order.next_rows()) if order else batch_indices(n, batch, gen))
         return net.losses(got["x0"], got["xT"], gen, rec=rec, labels=got.get("labels"), **extra)
     return net, kwargs, batch_losses, companions
 

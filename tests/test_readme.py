@@ -117,8 +117,8 @@ def test_commands_are_read_from_blocks_spans_and_tables_in_order():
 
 def tiny_clone(path: Path) -> dict:
     """What a fresh clone of this checkout holds (its tracked files, and new ones Git does not ignore), with the
-    embedded experiments shrunk to seconds (checkerboard and digits: the ones the README's commands name) and a
-    tiny benchmark, committed. Returns the environment a reader's shell has: the venv's tools first."""
+    embedded experiments shrunk to seconds (checkerboard and digits: the ones the README's commands name), a
+    tiny benchmark and a tiny sweep, committed. Returns the environment a reader's shell has: the venv's tools first."""
     listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                             capture_output=True, text=True, check=True).stdout.split("\0")
     for rel in filter(None, listed):
@@ -126,7 +126,7 @@ def tiny_clone(path: Path) -> dict:
             (path / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, path / rel)
     params = shipped()
-    params = {"benchmark": TINY["benchmark"], "experiments": ["checkerboard", "digits"],
+    params = {"benchmark": TINY["benchmark"], "sweeps": TINY["sweeps"], "experiments": ["checkerboard", "digits"],
               **{exp: tiny(exp, params)[exp] for exp in ("checkerboard", "digits")}}
     (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",

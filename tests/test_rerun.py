@@ -34,7 +34,8 @@ import os, pathlib, sys, yaml
 if sys.argv[1:3] != ["-m", "kdm"] or sys.argv[3:4] == ["dvc-yaml"]:
     os.execv({python!r}, [{python!r}] + sys.argv[1:])
 cmd = "python " + " ".join(sys.argv[1:])
-(stage,) = [s for s in yaml.safe_load(open("dvc.yaml"))["stages"].values() if s["cmd"] == cmd]
+files = [f for f in ("dvc.yaml", "workflow/sweeps/dvc.yaml") if os.path.exists(f)]
+(stage,) = [s for f in files for s in yaml.safe_load(open(f))["stages"].values() if s["cmd"] == cmd]
 for entry in stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", []):
     path = pathlib.Path(next(iter(entry)) if isinstance(entry, dict) else entry)
     if not path.suffix:
@@ -51,7 +52,8 @@ STRINGS = ("constant", "cosine", "l2", "pseudo_huber", "decomposed", "dense", "t
 
 
 def all_params(tmp: Path) -> dict:
-    """The tiny 2-D and conditional digits experiments, and the digits experiment with imported pairs."""
+    """The tiny 2-D and conditional digits experiments, the digits experiment with imported pairs, and a sweep
+    (outside the default run: the plans below are of both)."""
     params = tiny_params()
     for name in ("digits-cond", "digits"):
         params[name] = tiny_digits(name)[name]
@@ -64,6 +66,8 @@ def all_params(tmp: Path) -> dict:
     exp["pairs"] = {"source": "import", "format": "get", "path": str(tmp / "get"),
                     "sigma_max": exp["sampler"]["sigma_max"],
                     "options": {"seed_start": 0, "batch": 64, "world_size": 1}}
+    params["sweeps"] = {"budget": {"experiment": "checkerboard", "students": ["kdm", "kd"], "mode": "grid",
+                                   "axes": {"pairs_used": [128, 512]}, "seeds": [0]}}
     return params
 
 
@@ -122,9 +126,16 @@ def _at(node, path):
     return node
 
 
+TARGETS = ("all", "sweeps")        # Snakemake's; DVC's: dvc.yaml and the sweeps' file
+
+
 def stages(ws_path: Path) -> dict[str, dict]:
-    """The workspace's dvc.yaml stages: name -> cmd, deps and outputs."""
-    return dvc_stages(yaml.safe_load((ws_path / "dvc.yaml").read_text()))
+    """The workspace's DVC stages (dvc.yaml's and the sweeps'): name -> cmd, deps and outputs."""
+    out = {}
+    for path in ("dvc.yaml", dag.SWEEPS_DVC):
+        if (ws_path / path).is_file():
+            out |= dvc_stages(yaml.safe_load((ws_path / path).read_text()))
+    return out
 
 
 def named(cmds: set[str], names: dict[str, str]):
@@ -151,7 +162,7 @@ def snakemake_plan(ws_path: Path) -> set[str]:
     try:
         with contextlib.redirect_stderr(log), SnakemakeApi(settings) as api:
             workflow = api.workflow(ResourceSettings(cores=2), snakefile=ROOT / "Snakefile", workdir=ws_path)
-            workflow.dag(DAGSettings()).execute_workflow(executor="dryrun")
+            workflow.dag(DAGSettings(targets=set(TARGETS))).execute_workflow(executor="dryrun")
             jobs = workflow._workflow.dag.needrun_jobs(exclude_finished=False)
             return {job.shellcmd.strip() for job in jobs if job.shellcmd}
     except Exception as e:
@@ -218,7 +229,7 @@ def built(tmp_path_factory):
     (tmp / "bin" / "python").chmod(0o755)
     params = all_params(tmp)
     ws = Workspace(tmp / "ws", params)
-    r = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--cores", "2"],
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--cores", "2", *TARGETS],
                        cwd=ws.path, capture_output=True, text=True,
                        env={**os.environ, "PATH": f"{tmp / 'bin'}{os.pathsep}{os.environ['PATH']}"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -230,7 +241,7 @@ def built(tmp_path_factory):
 
 def test_changing_one_key_reruns_the_same_stages_under_snakemake_and_dvc(built):
     ws, params = built
-    built_state = {f: (ws.path / f).read_text() for f in ("params.yaml", "dvc.yaml")}
+    built_state = {f: (ws.path / f).read_text() for f in ("params.yaml", "dvc.yaml", dag.SWEEPS_DVC)}
     start, checked, skipped, failures = time.monotonic(), [], {}, []
     for path in leaves(params):
         key = ".".join(path)

@@ -54,6 +54,8 @@ wildcard_constraints:
     exp="[a-z][a-z0-9-]*",
     shard=r"\d+",
     seed=r"\d+",
+    sweep="[a-z][a-z0-9-]*",
+    point="[^/]+",
 
 
 def section(dotted):
@@ -86,3 +88,21 @@ def shards(wc):
         dag.shard_dir(wc.exp, i).rstrip("/")
         for i in range(dag.shard_count(config, wc.exp))
     ]
+
+
+def point_of(wc):
+    """The job's sweep point (kdm.dag.Point)."""
+    (point,) = [p for p in dag.points(config, wc.sweep) if p.name == wc.point]
+    return point
+
+
+def point_params(model):
+    """The student's params at the job's point: its section with the point's settings (re-run when either changes)."""
+    return lambda wc: kdm_config.with_settings(
+        config[wc.exp][model], point_of(wc).settings(model)
+    )
+
+
+def point_arg(wc):
+    """A sweep job's command-line tail: which point of which sweep (kdm.dag.Point.cmd)."""
+    return f" --point {wc.sweep}/{wc.point}"

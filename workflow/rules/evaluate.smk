@@ -93,8 +93,9 @@ rule evaluate_student:
         data=section("data"),
         sampler=section("sampler"),
         evaluate=section("evaluate"),
+        point="",  # a sweep point's: workflow/rules/sweeps.smk
     shell:
-        "python -m kdm evaluate {wildcards.exp} {wildcards.model} {wildcards.seed}"
+        "python -m kdm evaluate {wildcards.exp} {wildcards.model} {wildcards.seed}{params.point}"
 
 
 rule curve:

@@ -36,8 +36,9 @@ rule train_kdm:
         kdm=section("kdm"),
         snapshot_every=section("snapshots.every"),
         launch=launch("kdm"),  # torchrun when it trains on several GPUs
+        point="",  # a sweep point's: workflow/rules/sweeps.smk
     shell:
-        "{params.launch} train {wildcards.exp} kdm {wildcards.seed}"
+        "{params.launch} train {wildcards.exp} kdm {wildcards.seed}{params.point}"
 
 
 rule train_kd:
@@ -68,5 +69,6 @@ rule train_kd:
         kd=section("kd"),
         snapshot_every=section("snapshots.every"),
         launch=launch("kd"),
+        point="",
     shell:
-        "{params.launch} train {wildcards.exp} kd {wildcards.seed}"
+        "{params.launch} train {wildcards.exp} kd {wildcards.seed}{params.point}"

@@ -1,0 +1,101 @@
+"""sweep: one sweep's table and figure (params.yaml `sweeps:`). Every point's students were trained and evaluated as
+the experiment's own are (a point equal to the experiment's student is that student); this gathers their
+evaluations: per point and model, each metric's mean ± std over the sweep's seeds, the sampling parameter count,
+training minutes, the pairs trained on and the teacher evaluations those pairs cost.
+
+- <sweep>.csv: every column, one row per (point, model); <sweep>.md and <sweep>.tex (booktabs) to read;
+- <sweep>.json: the headline number (FID, 2-D: precision) per point and model, for `dvc exp show` / `metrics diff`;
+- <sweep>.png: the headline number against the axis, the teacher and the experiment's own students as lines."""
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+
+from kdm import plots
+from kdm.config import point_settings
+from kdm.io import atomic_path, read_json, write_json
+
+log = logging.getLogger("kdm.sweep")
+
+METRICS = ["fid", "kid", "precision", "recall", "class_acc", "coverage", "sw2", "outlier_share"]
+LOWER_IS_BETTER = ("fid", "kid", "sw2", "outlier_share")
+
+
+def gather(stage, P) -> tuple[pd.DataFrame, dict]:
+    """One row per (point, model, seed): the point's axis values, its run's evaluation, pairs and teacher cost;
+    and the teacher's evaluation."""
+    teacher = read_json(stage.deps.teacher)
+    count = P["pairs"].get("count")
+    rows = []
+    for point, values, model, seed, path in stage.args["runs"]:
+        m = read_json(path)
+        pairs = point_settings(values, model).get("pairs_used", count)
+        rows.append({"point": point, **dict(values), "model": model, "seed": seed,
+                     **{k: m[k] for k in (*METRICS, "params", "iterations", "train_minutes") if k in m},
+                     "pairs": pairs, "teacher_nfe": None if pairs is None else pairs * teacher["nfe"]})
+    return pd.DataFrame(rows), teacher
+
+
+def summarise(runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    """Mean and std over seeds per (point, model), in the sweep's point order."""
+    numbers = [c for c in (*METRICS, "params", "iterations", "train_minutes", "pairs", "teacher_nfe") if c in runs]
+    groups = runs.groupby(["point", "model"], sort=False)
+    mean, std = groups[numbers].mean(), groups[numbers].std(ddof=1)
+    out = groups[axes].first().join(mean).join(std[[c for c in METRICS if c in std]].add_suffix("_std"))
+    return out.join(groups.size().rename("seeds")).reset_index()
+
+
+def headline(table: pd.DataFrame) -> str:
+    return "fid" if "fid" in table and table["fid"].notna().any() else "precision"
+
+
+def _cell(value, std=None) -> str:
+    if pd.isna(value):
+        return "-"
+    text = str(int(value)) if float(value).is_integer() and abs(value) >= 1 else f"{value:.4g}"
+    return text if std is None or pd.isna(std) else f"{text} ± {std:.2g}"
+
+
+def readable(table: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    metrics = [c for c in METRICS if c in table and table[c].notna().any()]
+    out = table[["point", "model", "seeds"]].copy()
+    for c in metrics:
+        out[c] = [_cell(v, s) for v, s in zip(table[c], table.get(f"{c}_std", [None] * len(table)))]
+    for c, name in (("params", "params"), ("train_minutes", "train min"), ("pairs", "pairs"),
+                    ("teacher_nfe", "teacher NFE")):
+        if c in table:
+            out[name] = [_cell(v) for v in table[c]]
+    return out
+
+
+def latex(text: pd.DataFrame, title: str) -> str:
+    esc = lambda v: str(v).replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$")   # noqa: E731
+    lines = [f"% {title}; needs \\usepackage{{booktabs}}", f"\\begin{{tabular}}{{ll{'r' * (len(text.columns) - 2)}}}",
+             r"\toprule", " & ".join(esc(c) for c in text.columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(esc(v) for v in row) + r" \\" for row in text.itertuples(index=False)]
+    return "\n".join(lines + [r"\bottomrule", r"\end{tabular}", ""])
+
+
+def run(stage, P):
+    sweep = stage.args["sweep"]
+    axes = list(P[sweep]["axes"])
+    runs, teacher = gather(stage, P)
+    table = summarise(runs, axes)
+    metric = headline(table)
+    with atomic_path(stage.outs.csv) as tmp:
+        table.to_csv(tmp, index=False)
+    text = readable(table, axes)
+    title = (f"sweep {sweep} of {stage.args['exp']}: {', '.join(axes)} ({P[sweep].get('mode', 'grid')}); "
+             f"mean ± std over seeds {sorted(runs['seed'].unique().tolist())}; teacher {metric} "
+             f"{_cell(teacher.get(metric))} at {teacher['nfe']} NFE")
+    with atomic_path(stage.outs.md) as tmp:
+        tmp.write_text(f"## {title}\n\n{text.to_markdown(index=False)}\n")
+    with atomic_path(stage.outs.tex) as tmp:
+        tmp.write_text(latex(text, title))
+    write_json(stage.metrics.summary, {p: {m: {metric: float(v)} for m, v in zip(rows["model"], rows[metric])}
+                                       for p, rows in table.groupby("point", sort=False)})
+    own = pd.DataFrame([read_json(path) for path in stage.deps.own])      # the experiment's own students
+    plots.sweep(table, axes, metric, metric in LOWER_IS_BETTER, teacher.get(metric),
+                own.groupby("model", sort=False)[metric].mean().to_dict(), stage.plots.figure, title)
+    log.info("%s\n%s", title, text.to_markdown(index=False))
