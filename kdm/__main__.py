@@ -193,7 +193,7 @@ def _sweep_stage(params: dict, a) -> dag.Stage:
     if name not in known:
         raise config.ParamsError(f"{a.command} {a.exp} {a.model} {a.seed} --point {a.point}: sweep {sweep!r} trains no "
                                  f"such student (its points: {', '.join(p.name for p in dag.points(params, sweep))}; "
-                                 f"students {sweeps[sweep].get('students', ['kdm'])}; seeds "
+                                 f"students {config.sweep_students(sweeps[sweep])}; seeds "
                                  f"{dag.sweep_seeds(params, sweep)}; a point equal to the experiment's own student is "
                                  "that student)")
     return known[name]

@@ -127,7 +127,7 @@ def _check_sweep(source: str, params: dict, name: str, sweep: dict) -> None:
     if exp not in params["experiments"]:
         raise ParamsError(f"{source}: {key}.experiment: {exp!r} is not in experiments {params['experiments']}; "
                           "expected an experiment of the default run (its store, evaluation and students)")
-    students = sweep.get("students", ["kdm"])
+    students = sweep_students(sweep)
     for axis in sweep["axes"]:
         head = axis.split(".")[0]
         if head in STUDENTS and head not in students:
@@ -164,6 +164,11 @@ def sweep_points(sweep: dict) -> list[tuple[str, tuple]]:
     values = sweep["axes"].values()
     combos = zip(*values) if sweep.get("mode", "grid") == "zip" else itertools.product(*values)
     return [(",".join(f"{label(k)}={text(v)}" for k, v in zip(keys, c)), tuple(zip(keys, c))) for c in combos]
+
+
+def sweep_students(sweep: dict) -> list[str]:
+    """The students a sweep trains at each point (default KDM alone)."""
+    return sweep.get("students", ["kdm"])
 
 
 def point_settings(values: tuple, model: str) -> dict:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import yaml
 
-from kdm.config import IMAGE_KINDS, STUDENTS, imported, point_settings, section, sweep_points, with_settings
-
+from kdm.config import (IMAGE_KINDS, STUDENTS, imported, point_settings, section, sweep_points, sweep_students,
+                        with_settings)
 
 
 class Files(dict):
@@ -346,7 +346,7 @@ def sweep_runs(params, sweep) -> list[tuple[Point, str, int, str]]:
     exp = s["experiment"]
     out = []
     for point in points(params, sweep):
-        for model in s.get("students", ["kdm"]):
+        for model in sweep_students(s):
             base = params[exp][model]
             mine = with_settings(base, point.settings(model))
             if not imported(params[exp]["pairs"]) and mine.get("pairs_used") == params[exp]["pairs"]["count"]:
@@ -365,7 +365,7 @@ def sweep_table(params, sweep):
     runs = [(p.name, p.values, m, seed, f"{eval_dir(exp, run)}/metrics.json") for p, m, seed, run in
             sweep_runs(params, sweep)]
     own = [evaluate_student(params, exp, m, seed).metrics.metrics
-           for m in params["sweeps"][sweep].get("students", ["kdm"]) for seed in params[exp]["train_seeds"]]
+           for m in sweep_students(params["sweeps"][sweep]) for seed in params[exp]["train_seeds"]]
     d = f"results/sweeps/{sweep}"
     return Stage(name=f"sweep-{sweep}", cmd=f"python -m kdm sweep {sweep}",
                  deps=Files(teacher=evaluate_teacher(params, exp).metrics.metrics, own=own,

@@ -83,7 +83,8 @@ def test_changing_kdm_lr_reruns_only_kdm(built):
     # DVC links an output whose bytes its cache already holds to that older file: table.json (the headline numbers,
     # unchanged here) is then older than the evaluations it is made from, and Snakemake makes the table once more
     rerun = built.snakemake().stderr
-    assert "Nothing to be done" in rerun or re.findall(r"^rule (\w+):", rerun, re.M) == ["table"], rerun[-2000:]
+    jobs = [rule for rule in re.findall(r"^(?:local)?rule (\w+):", rerun, re.M) if rule != "all"]
+    assert "Nothing to be done" in rerun or jobs == ["table"], rerun[-2000:]
     assert "Nothing to be done" in built.snakemake().stderr
     assert "Running stage" not in built.dvc("repro").stdout
 

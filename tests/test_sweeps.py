@@ -129,6 +129,9 @@ def _planned(ws) -> tuple[set, set]:
 def test_a_changed_or_added_value_reruns_only_its_points_and_its_table(swept):
     swept.dvc("commit", "-f")
     assert _planned(swept) == (set(), set())
+    shown = json.loads(swept.dvc("metrics", "show", "--json").stdout)          # DVC's metrics: each sweep's headline
+    (files,) = [rev["data"] for rev in shown.values()]
+    assert files["results/sweeps/latent.json"]["data"]["latent_dim=8"]["kdm"]["precision"] >= 0
     for values, new in (([4, 16], "latent_dim=4"), ([8, 16, 32], "latent_dim=32")):
         params = swept_params()
         params["sweeps"]["latent"]["axes"]["kdm.latent_dim"] = values
