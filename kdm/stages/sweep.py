@@ -15,11 +15,10 @@ import pandas as pd
 from kdm import plots
 from kdm.config import point_settings
 from kdm.io import atomic_path, read_json, write_json
+from kdm.reporting import LOWER_IS_BETTER, METRICS, cell, headline, tex
 
 log = logging.getLogger("kdm.sweep")
 
-METRICS = ["fid", "kid", "precision", "recall", "class_acc", "coverage", "sw2", "outlier_share"]
-LOWER_IS_BETTER = ("fid", "kid", "sw2", "outlier_share")
 
 
 def gather(stage, P) -> tuple[pd.DataFrame, dict]:
@@ -46,34 +45,22 @@ def summarise(runs: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     return out.join(groups.size().rename("seeds")).reset_index()
 
 
-def headline(table: pd.DataFrame) -> str:
-    return "fid" if "fid" in table and table["fid"].notna().any() else "precision"
-
-
-def _cell(value, std=None) -> str:
-    if pd.isna(value):
-        return "-"
-    text = str(int(value)) if float(value).is_integer() and abs(value) >= 1 else f"{value:.4g}"
-    return text if std is None or pd.isna(std) else f"{text} ± {std:.2g}"
-
-
 def readable(table: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
     metrics = [c for c in METRICS if c in table and table[c].notna().any()]
     out = table[["point", "model", "seeds"]].copy()
     for c in metrics:
-        out[c] = [_cell(v, s) for v, s in zip(table[c], table.get(f"{c}_std", [None] * len(table)))]
+        out[c] = [cell(v, s) for v, s in zip(table[c], table.get(f"{c}_std", [None] * len(table)))]
     for c, name in (("params", "params"), ("train_minutes", "train min"), ("pairs", "pairs"),
                     ("teacher_nfe", "teacher NFE")):
         if c in table:
-            out[name] = [_cell(v) for v in table[c]]
+            out[name] = [cell(v) for v in table[c]]
     return out
 
 
 def latex(text: pd.DataFrame, title: str) -> str:
-    esc = lambda v: str(v).replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$")   # noqa: E731
     lines = [f"% {title}; needs \\usepackage{{booktabs}}", f"\\begin{{tabular}}{{ll{'r' * (len(text.columns) - 2)}}}",
-             r"\toprule", " & ".join(esc(c) for c in text.columns) + r" \\", r"\midrule"]
-    lines += [" & ".join(esc(v) for v in row) + r" \\" for row in text.itertuples(index=False)]
+             r"\toprule", " & ".join(tex(c) for c in text.columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(tex(str(v)) for v in row) + r" \\" for row in text.itertuples(index=False)]
     return "\n".join(lines + [r"\bottomrule", r"\end{tabular}", ""])
 
 
@@ -88,7 +75,7 @@ def run(stage, P):
     text = readable(table, axes)
     title = (f"sweep {sweep} of {stage.args['exp']}: {', '.join(axes)} ({P[sweep].get('mode', 'grid')}); "
              f"mean ± std over seeds {sorted(runs['seed'].unique().tolist())}; teacher {metric} "
-             f"{_cell(teacher.get(metric))} at {teacher['nfe']} NFE")
+             f"{cell(teacher.get(metric))} at {teacher['nfe']} NFE")
     with atomic_path(stage.outs.md) as tmp:
         tmp.write_text(f"## {title}\n\n{text.to_markdown(index=False)}\n")
     with atomic_path(stage.outs.tex) as tmp:

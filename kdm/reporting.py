@@ -1,0 +1,40 @@
+"""How results are reported, for every table the stages write: the metrics compared, which one heads an
+experiment, and how a number (± its spread) is written in a cell."""
+from __future__ import annotations
+
+import math
+import re
+
+import pandas as pd
+
+METRICS = ["fid", "kid", "precision", "recall", "class_acc", "coverage", "sw2", "outlier_share"]
+LOWER_IS_BETTER = ("fid", "kid", "sw2", "outlier_share")
+
+
+def headline(rows: pd.DataFrame) -> str:
+    """The headline metric of rows of one experiment: FID where they measure it, else (2-D) precision."""
+    return "fid" if "fid" in rows and rows["fid"].notna().any() else "precision"
+
+
+def missing(value) -> bool:
+    return value is None or value == "-" or (isinstance(value, float) and math.isnan(value))
+
+
+def cell(value, std=None) -> str:
+    """A number as a table shows it: an integer as such, else 4 significant digits; `± std` with 2 where given."""
+    if missing(value):
+        return "-"
+    if isinstance(value, str):
+        return value
+    text = str(int(value)) if float(value).is_integer() and abs(value) >= 1 else f"{value:.4g}"
+    return text if missing(std) else f"{text} ± {std:.2g}"
+
+
+TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+               "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def tex(text: str) -> str:
+    """Text (a cell, a header) safe in LaTeX."""
+    escaped = re.sub(r"[\\&%$#_{}~^]", lambda m: TEX_SPECIAL[m.group()], text)
+    return escaped.replace(" ± ", r" $\pm$ ")
