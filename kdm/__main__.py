@@ -182,6 +182,9 @@ def _sweep_stage(params: dict, a) -> dag.Stage:
     sweeps = params.get("sweeps", {})
     if sweep not in sweeps:
         raise config.ParamsError(f"sweep {sweep!r}: {a.params} has no such sweep; expected one of {sorted(sweeps)}")
+    if sweep not in config.active_sweeps(params):
+        raise config.ParamsError(f"sweep {sweep!r} is of experiment {sweeps[sweep]['experiment']!r}, which is not in "
+                                 f"experiments {params['experiments']} of {a.params}; expected it listed there")
     if a.command == "sweep":
         return dag.sweep_table(params, sweep)
     if sweeps[sweep]["experiment"] != a.exp:

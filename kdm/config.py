@@ -16,6 +16,7 @@ SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
 FIXED_SHAPES = {"checkerboard": (2,), "digits": (1, 8, 8)}     # one sample's shape, for kinds that fix it
 IMAGE_KINDS = ("digits", "images")
 RESERVED = ("experiments", "benchmark", "sweeps")              # top-level keys that are not experiments
+SWEEP_COLUMNS = ("params", "pairs", "teacher_nfe", "train_minutes")     # a sweep table's numbers, besides its axes
 STUDENTS = ("kdm", "kd")                                       # the students of every experiment
 
 
@@ -122,11 +123,13 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
 
 
 def _check_sweep(source: str, params: dict, name: str, sweep: dict) -> None:
-    """A sweep's experiment runs by default, its axes reach its students, and every point's params are valid."""
+    """A sweep's experiment is one of params' (listed in experiments: or not), its axes reach its students, its x
+    is an axis or a column, and every point's params are valid."""
     key, exp = f"sweeps.{name}", sweep["experiment"]
-    if exp not in params["experiments"]:
-        raise ParamsError(f"{source}: {key}.experiment: {exp!r} is not in experiments {params['experiments']}; "
-                          "expected an experiment of the default run (its store, evaluation and students)")
+    if exp in RESERVED or exp not in params:
+        known = sorted(k for k in params if k not in RESERVED)
+        raise ParamsError(f"{source}: {key}.experiment: {exp!r} is not an experiment of {source}; expected one of "
+                          f"{known} (a sweep of one outside experiments: is prepared, and runs once it is listed)")
     students = sweep_students(sweep)
     for axis in sweep["axes"]:
         head = axis.split(".")[0]
@@ -136,6 +139,10 @@ def _check_sweep(source: str, params: dict, name: str, sweep: dict) -> None:
     if sweep.get("mode") == "zip" and len({len(v) for v in sweep["axes"].values()}) > 1:
         raise ParamsError(f"{source}: {key}.axes: mode zip pairs the axes' i-th values; expected lists of one length, "
                           f"got {[len(v) for v in sweep['axes'].values()]}")
+    x = sweep.get("x")
+    if x is not None and x not in sweep["axes"] and x not in SWEEP_COLUMNS:
+        raise ParamsError(f"{source}: {key}.x: {x!r} is neither an axis of the sweep ({list(sweep['axes'])}) nor one "
+                          f"of its table's columns {list(SWEEP_COLUMNS)}")
     names = [point for point, _ in sweep_points(sweep)]
     if len(set(names)) < len(names):
         twice = sorted({n for n in names if names.count(n) > 1})
@@ -143,6 +150,11 @@ def _check_sweep(source: str, params: dict, name: str, sweep: dict) -> None:
     for point, values in sweep_points(sweep):
         at = {**params[exp], **{m: with_settings(params[exp][m], point_settings(values, m)) for m in students}}
         validate({"experiments": [exp], exp: at}, f"{source}: {key} point {point}")
+
+
+def active_sweeps(params: dict) -> dict:
+    """The sweeps that run: those of an experiment in `experiments:` (the others are prepared, e.g. a preset's)."""
+    return {name: s for name, s in params.get("sweeps", {}).items() if s["experiment"] in params["experiments"]}
 
 
 def sweep_points(sweep: dict) -> list[tuple[str, tuple]]:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import yaml
 
-from kdm.config import (IMAGE_KINDS, STUDENTS, imported, point_settings, section, sweep_points, sweep_students,
-                        with_settings)
+from kdm.config import (IMAGE_KINDS, STUDENTS, active_sweeps, imported, point_settings, section, sweep_points,
+                        sweep_students, with_settings)
 
 
 class Files(dict):
@@ -385,7 +385,8 @@ def sweep_stages(params, sweep) -> list[Stage]:
 
 
 def all_sweep_stages(params) -> list[Stage]:
-    return [s for sweep in params.get("sweeps", {}) for s in sweep_stages(params, sweep)]
+    """The stages of every sweep that runs (of an experiment in `experiments:`)."""
+    return [s for sweep in active_sweeps(params) for s in sweep_stages(params, sweep)]
 
 
 def experiment_stages(params, exp) -> list[Stage]:

@@ -185,30 +185,39 @@ def benchmarks(table, path) -> None:
     _save(fig, path)
 
 
-def sweep(table, axes: list[str], metric: str, lower_is_better: bool, teacher, own: dict, path, title: str) -> None:
-    """A sweep's headline metric per point, one line per student (bars: std over seeds): against the axis when
-    there is one numeric axis (log scale where its values span a decade or more), else against the points in
-    order; the teacher and the experiment's own students (where a point is one) as horizontal lines."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    numeric = len(axes) == 1 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in table[axes[0]])
+def sweep(table, x, metric: str, lower_is_better: bool, teacher, own: dict, published, reference, path,
+          title: str) -> None:
+    """A sweep's headline metric per point, one line per student (bars: std over seeds): against column `x` of
+    the table when it is numeric (an axis, or e.g. params; log scale where its values span a decade or more), else
+    against the points in order; the teacher and the experiment's own students (where a point is one) as
+    horizontal lines; published rows that have `x` as squares, filled where they share our reference, hollow
+    (and said not comparable) where not."""
+    fig, ax = plt.subplots(figsize=(6.4, 5.2 if len(published) else 4.6))
+    numeric = x is not None and all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+                                    for v in table[x])
     names = list(dict.fromkeys(table["point"]))
     for model, rows in table.groupby("model", sort=False):
-        x = rows[axes[0]].astype(float) if numeric else [names.index(p) for p in rows["point"]]
-        ax.errorbar(x, rows[metric], yerr=rows.get(f"{metric}_std"), fmt="o-", capsize=3, label=model)
+        at = rows[x].astype(float) if numeric else [names.index(p) for p in rows["point"]]
+        ax.errorbar(at, rows[metric], yerr=rows.get(f"{metric}_std"), fmt="o-", capsize=3, label=model)
     if teacher is not None:
         ax.axhline(teacher, color="k", ls=":", lw=1, label="teacher")
     for (model, value), ls in zip(own.items(), ("--", "-.")):
         ax.axhline(value, color="gray", ls=ls, lw=0.8, label=f"{model} (the experiment's own)")
     if numeric:
-        values = table[axes[0]].astype(float)
+        for (source, ref), rows in published.groupby(["source", "reference"], sort=False):
+            rows = rows.sort_values(x)
+            ax.plot(rows[x], rows[metric], "s--", ms=5, lw=0.7, mfc=None if ref == reference else "none",
+                    label=f"{source}: {', '.join(rows['model'])}"
+                    + ("" if ref == reference else f" (reference {ref}: not comparable)"))
+        values = np.concatenate([table[x].to_numpy(float)] + ([published[x].to_numpy(float)] if len(published) else []))
         if values.min() > 0 and values.max() / values.min() >= 10:
             ax.set_xscale("log")
-        ax.set_xlabel(axes[0])
+        ax.set_xlabel(x)
     else:
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
-        ax.set_xlabel(", ".join(axes))
+        ax.set_xlabel("point")
     ax.set_ylabel(f"{metric} ({'lower' if lower_is_better else 'higher'} is better)")
     ax.set_title(title, fontsize=7)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=1 if len(published) else 2)
     fig.tight_layout()
     _save(fig, path)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import pandas as pd
+import yaml
 
+PUBLISHED = Path(__file__).parent / "published.yaml"      # facts from papers, shipped with the code
 METRICS = ["fid", "kid", "precision", "recall", "class_acc", "coverage", "sw2", "outlier_share"]
 LOWER_IS_BETTER = ("fid", "kid", "sw2", "outlier_share")
 
@@ -38,3 +41,19 @@ def tex(text: str) -> str:
     """Text (a cell, a header) safe in LaTeX."""
     escaped = re.sub(r"[\\&%$#_{}~^]", lambda m: TEX_SPECIAL[m.group()], text)
     return escaped.replace(" ± ", r" $\pm$ ")
+
+
+PUBLISHED_KEYS = {"experiment", "model", "params", "pairs", "nfe", "fid", "source", "reference"}
+PUBLISHED_REQUIRED = {"experiment", "model", "source", "reference"}
+
+
+def published_rows(path=PUBLISHED) -> pd.DataFrame:
+    """The published rows our results are compared with (kdm/published.yaml), each with its source and reference."""
+    rows = yaml.safe_load(Path(path).read_text())
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or set(row) - PUBLISHED_KEYS or not PUBLISHED_REQUIRED <= set(row):
+            raise ValueError(f"{path}: row {i + 1} is {row!r}; expected {', '.join(sorted(PUBLISHED_REQUIRED))} "
+                             "(the reference set, or unknown where the source does not say) and any of "
+                             f"{sorted(PUBLISHED_KEYS)} (quote values that contain commas)")
+    # every published number is an Inception FID on 50k samples (benchmarks.md)
+    return pd.DataFrame(rows).assign(samples=50000, extractor="inception-v3-compat")

@@ -75,3 +75,27 @@ def test_both_tools_name_every_missing_file_of_a_preset_before_running(tmp_path)
         out = r.stdout + r.stderr
         assert r.returncode != 0 and all(f"{key}: " in out and "does not exist" in out for key in keys), out
     assert not (tmp_path / "results").exists()
+
+
+def test_paper_scale_sweeps_are_prepared_and_planned_with_a_gpu_per_training(tmp_path):
+    """The shipped cifar10 sweeps run no job while their presets are not in experiments:, and with them listed
+    `snakemake -n sweeps` plans each point's training with a GPU (DVC: the same jobs); the point equal to the
+    preset's own student (64 channels, all 1M pairs) is that student."""
+    params = shipped()
+    assert {"cifar10-size", "cifar10-pairs"} <= set(params["sweeps"])
+    assert not {"cifar10-size", "cifar10-pairs"} & set(config.active_sweeps(params))
+    sweeps = {name: s for name, s in params["sweeps"].items() if s["experiment"].startswith("cifar10")}
+    params = stand_ins({"experiments": ["cifar10-uncond", "cifar10-cond"], "sweeps": sweeps,
+                        **{k: params[k] for k in ("cifar10-uncond", "cifar10-cond")}}, tmp_path)
+    ws = Workspace(tmp_path, params)
+    out = ws.snakemake("-n", "-p", "sweeps").stdout
+    trainings = re.findall(r"rule (sweep_train_kdm?):.*?resources: ([^\n]+).*?Shell command: ([^\n]+)", out, re.S)
+    commands = sorted(cmd.removeprefix("python -m kdm train ") for _, _, cmd in trainings)
+    assert commands == sorted(["cifar10-uncond kdm 0 --point cifar10-size/model_channels=48",
+                               "cifar10-uncond kdm 0 --point cifar10-size/model_channels=96"]
+                              + [f"cifar10-cond {m} 0 --point cifar10-pairs/pairs_used={n}"
+                                 for m in ("kdm", "kd") for n in (125000, 250000, 500000)])
+    assert all("gpu=1" in resources for _, resources, _ in trainings), trainings
+    swept = {cmd for cmd, _, _ in snakemake_jobs(ws.snakemake("-n", "-p", "sweeps").stdout) if "--point" in cmd}
+    dvc = {cmd for cmd, _, _ in dvc_jobs(yaml.safe_load((tmp_path / dag.SWEEPS_DVC).read_text()))}
+    assert swept == {cmd for cmd in dvc if "--point" in cmd} and len(swept) == 2 * len(commands)

@@ -9,8 +9,10 @@ import pytest
 import yaml
 
 from kdm import config, dag
+from kdm.io import write_json
+from kdm.stages import sweep
 
-from conftest import ROOT, tiny_params
+from conftest import ROOT, shipped, tiny_params
 from workspace import Workspace, dvc_jobs, dvc_stages, snakemake_jobs
 
 SWEEPS = {"budget": {"experiment": "checkerboard", "students": ["kdm", "kd"], "axes": {"pairs_used": [128, 512]}},
@@ -53,7 +55,9 @@ def test_points_are_named_by_their_values_and_equal_points_are_the_experiments_o
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda s: s["budget"].update(experiment="nope"), "sweeps.budget.experiment: 'nope' is not in experiments"),
+    (lambda s: s["budget"].update(experiment="nope"), "sweeps.budget.experiment: 'nope' is not an experiment"),
+    (lambda s: s["budget"].update(experiment="sweeps"), "sweeps.budget.experiment: 'sweeps' is not an experiment"),
+    (lambda s: s["budget"].update(x="nope"), "sweeps.budget.x: 'nope' is neither an axis"),
     (lambda s: s["latent"]["axes"].update({"kd.lr": [0.1]}), "sweeps.latent.axes.kd.lr: the sweep trains ['kdm']"),
     (lambda s: s["latent"].update(mode="zip", axes={"latent_dim": [8], "lr": [0.1, 0.2]}), "lists of one length"),
     (lambda s: s["latent"]["axes"].update({"kdm.rec_loss.kind": ["l3"]}),
@@ -141,3 +145,24 @@ def test_a_changed_or_added_value_reruns_only_its_points_and_its_table(swept):
                     for s in (0, 1)} | {"python -m kdm sweep latent"}
         assert smk == expected and dvc == expected | {"python -m kdm check"}, (smk, dvc)
     swept.write_params(swept_params())
+
+
+def test_published_points_join_a_sweep_on_its_x(tmp_path, monkeypatch):
+    """The cifar10 model-size sweep (x: params) shows the authors' KDM and GET points at their stated parameter
+    counts, said not comparable (their reference file is not ours); its evaluations here are written by hand,
+    as the stage reads them (the preset itself needs GPUs)."""
+    params = shipped()
+    params["experiments"] = ["cifar10-uncond"]
+    stage = dag.sweep_table(params, "cifar10-size")
+    monkeypatch.chdir(tmp_path)
+    write_json(stage.deps.teacher, {"nfe": 35, "fid": 2.0, "reference": "cifar10-train"})
+    for (_, values, _, _, path), fid in zip(stage.args["runs"], (12.0, 6.0, 5.0)):
+        write_json(path, {"model": "kdm", "fid": fid, "params": 1e4 * values[0][1] ** 2, "train_minutes": 1.0})
+    sweep.run(stage, dag.stage_params(params, stage))
+    md = (tmp_path / stage.outs.md).read_text()
+    for model in ("kdm (about 20M)", "kdm (about 84M)", "GET (about 38M)"):
+        assert model in md, md
+    assert "the authors' own file" in md and "reference is ours (cifar10-train)" in md
+    table = pd.read_csv(tmp_path / stage.outs.csv)
+    assert list(table["params"]) == [1e4 * 48 ** 2, 1e4 * 64 ** 2, 1e4 * 96 ** 2]
+    assert (tmp_path / stage.plots.figure).stat().st_size > 10_000

@@ -1,12 +1,13 @@
 """The results table: published rows beside ours, mean ± spread over seeds."""
 import pytest
 
-from kdm.stages.table import markdown, published_rows
+from kdm.reporting import published_rows
+from kdm.stages.table import markdown
 
 
 def test_published_rows_carry_their_sources():
     rows = published_rows()
-    assert set(rows.columns) <= {"experiment", "model", "params", "nfe", "fid", "source", "reference", "samples",
+    assert set(rows.columns) <= {"experiment", "model", "params", "pairs", "nfe", "fid", "source", "reference", "samples",
                                  "extractor"}
     assert (rows["extractor"] == "inception-v3-compat").all() and (rows["samples"] == 50000).all()
     assert rows["source"].notna().all() and rows["reference"].notna().all()
@@ -62,7 +63,7 @@ def test_markdown_shows_mean_and_spread():
 def _table():
     """Our rows of a 2-D and an image experiment (two training seeds of kdm) and a published row."""
     import pandas as pd
-    from kdm.stages.table import published_rows
+
     ours = pd.DataFrame([
         dict(experiment="board", model="teacher", nfe=35, ms_per_sample=2.0, precision=0.93, coverage=0.9, sw2=0.04,
              samples=500, seed_sets=1, speed_batch=256, reference="checkerboard-density", seeds="-"),

@@ -5,7 +5,9 @@ training minutes, the pairs trained on and the teacher evaluations those pairs c
 
 - <sweep>.csv: every column, one row per (point, model); <sweep>.md and <sweep>.tex (booktabs) to read;
 - <sweep>.json: the headline number (FID, 2-D: precision) per point and model, for `dvc exp show` / `metrics diff`;
-- <sweep>.png: the headline number against the axis, the teacher and the experiment's own students as lines."""
+- <sweep>.png: the headline number against the axis (or the sweep's x, e.g. params), the teacher and the experiment's
+  own students as lines, and the published rows of kdm/published.yaml that have that x (e.g. the authors'
+  model-size points at their parameter counts), marked not comparable where their reference differs from ours."""
 from __future__ import annotations
 
 import logging
@@ -15,7 +17,7 @@ import pandas as pd
 from kdm import plots
 from kdm.config import point_settings
 from kdm.io import atomic_path, read_json, write_json
-from kdm.reporting import LOWER_IS_BETTER, METRICS, cell, headline, tex
+from kdm.reporting import LOWER_IS_BETTER, METRICS, cell, headline, published_rows, tex
 
 log = logging.getLogger("kdm.sweep")
 
@@ -76,13 +78,22 @@ def run(stage, P):
     title = (f"sweep {sweep} of {stage.args['exp']}: {', '.join(axes)} ({P[sweep].get('mode', 'grid')}); "
              f"mean ± std over seeds {sorted(runs['seed'].unique().tolist())}; teacher {metric} "
              f"{cell(teacher.get(metric))} at {teacher['nfe']} NFE")
-    with atomic_path(stage.outs.md) as tmp:
-        tmp.write_text(f"## {title}\n\n{text.to_markdown(index=False)}\n")
     with atomic_path(stage.outs.tex) as tmp:
         tmp.write_text(latex(text, title))
     write_json(stage.metrics.summary, {p: {m: {metric: float(v)} for m, v in zip(rows["model"], rows[metric])}
                                        for p, rows in table.groupby("point", sort=False)})
     own = pd.DataFrame([read_json(path) for path in stage.deps.own])      # the experiment's own students
-    plots.sweep(table, axes, metric, metric in LOWER_IS_BETTER, teacher.get(metric),
-                own.groupby("model", sort=False)[metric].mean().to_dict(), stage.plots.figure, title)
+    x = P[sweep].get("x", axes[0] if len(axes) == 1 else None)
+    published = published_rows()
+    published = published[(published["experiment"] == stage.args["exp"]) & published[x].notna()
+                          & published[metric].notna()] if {x, metric} <= set(published) else published.iloc[:0]
+    shown = "" if published.empty else (
+        f"\nPublished, on the same x ({x}); comparable only where the reference is ours "
+        f"({teacher.get('reference')}):\n\n"
+        + published[["model", x, metric, "source", "reference"]].map(cell).to_markdown(index=False) + "\n")
+    with atomic_path(stage.outs.md) as tmp:
+        tmp.write_text(f"## {title}\n\n{text.to_markdown(index=False)}\n{shown}")
+    plots.sweep(table, x, metric, metric in LOWER_IS_BETTER, teacher.get(metric),
+                own.groupby("model", sort=False)[metric].mean().to_dict(), published, teacher.get("reference"),
+                stage.plots.figure, title)
     log.info("%s\n%s", title, text.to_markdown(index=False))

@@ -16,18 +16,15 @@ from __future__ import annotations
 import html
 import logging
 import math
-from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from kdm import plots
 from kdm.io import atomic_path, read_json, write_json
-from kdm.reporting import METRICS, cell, headline, missing, tex
+from kdm.reporting import METRICS, PUBLISHED, cell, headline, missing, published_rows, tex
 
 log = logging.getLogger("kdm.table")
 
-PUBLISHED = Path(__file__).parents[1] / "published.yaml"      # facts from papers, shipped with the code
 KEYS = ["experiment", "model"]
 RATIOS = ["fid", "sw2"]             # distances: a student's over the teacher's (lower is better, 1 = the teacher's)
 ORDER = ["nfe", "ms_per_sample", "speedup", "params", *METRICS, "samples", "seed_sets", "speed_batch", "iterations",
@@ -76,21 +73,6 @@ def ours(metric_files) -> pd.DataFrame:
     table["source"] = "ours@" + ("/".join(sorted(c[:10] + ("+dirty" if c.endswith("+dirty") else "")
                                                  for c in commits if c)) or "unversioned")
     return table
-
-
-PUBLISHED_KEYS = {"experiment", "model", "params", "nfe", "fid", "source", "reference"}
-PUBLISHED_REQUIRED = {"experiment", "model", "source", "reference"}
-
-
-def published_rows(path=PUBLISHED) -> pd.DataFrame:
-    rows = yaml.safe_load(Path(path).read_text())
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict) or set(row) - PUBLISHED_KEYS or not PUBLISHED_REQUIRED <= set(row):
-            raise ValueError(f"{path}: row {i + 1} is {row!r}; expected {', '.join(sorted(PUBLISHED_REQUIRED))} "
-                             "(the reference set, or unknown where the source does not say) and any of "
-                             f"{sorted(PUBLISHED_KEYS)} (quote values that contain commas)")
-    # every published number is an Inception FID on 50k samples (benchmarks.md)
-    return pd.DataFrame(rows).assign(samples=50000, extractor="inception-v3-compat")
 
 
 def build(metric_files, published=PUBLISHED) -> pd.DataFrame:

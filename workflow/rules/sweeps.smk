@@ -84,4 +84,4 @@ rule sweep:
 
 rule sweeps:
     input:
-        [f"results/sweeps/{name}.csv" for name in config.get("sweeps", {})],
+        [f"results/sweeps/{name}.csv" for name in kdm_config.active_sweeps(config)],
