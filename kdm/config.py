@@ -108,6 +108,13 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
             raise ParamsError(f"{source}: {name}.snapshots.samples: {snapshots['samples']} exceeds "
                               f"{name}.evaluate.samples = {ev['samples']}; expected at most that many (the snapshots "
                               "are measured on the first of the teacher's evaluation samples)")
+        an = exp["analysis"]
+        for key, limit, what in (("samples", ev["samples"], f"{name}.evaluate.samples (the samples it analyses)"),
+                                 ("knn", an["samples"] - 1, f"{name}.analysis.samples - 1 (a point's others)"),
+                                 ("plot_samples", an["samples"], f"{name}.analysis.samples")):
+            if an[key] > limit:
+                raise ParamsError(f"{source}: {name}.analysis.{key}: {an[key]} exceeds {what} = {limit}; expected "
+                                  "at most that")
         sampler = exp["sampler"]
         if sampler["sigma_min"] >= sampler["sigma_max"]:
             raise ParamsError(f"{source}: {name}.sampler.sigma_min: {sampler['sigma_min']} must be "

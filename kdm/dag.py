@@ -224,9 +224,9 @@ def evaluate_student(params, exp, model, seed, point: Point | None = None):
                  deps=Files(model=trained.model, config=trained.config,
                             teacher_samples=evaluate_teacher(params, exp).outs.samples, teacher=teacher_pt(exp),
                             **evaluator_deps(params, exp)), outs=Files(),
-                 params=(f"{exp}.data", f"{exp}.sampler", f"{exp}.evaluate"), log=f"logs/{exp}/evaluate-{run}.log",
-                 metrics=Files(metrics=f"{d}/metrics.json"),
-                 plots=Files(grid=f"{d}/samples.png", analysis=f"{d}/analysis.png"),
+                 params=(f"{exp}.data", f"{exp}.sampler", f"{exp}.evaluate", f"{exp}.analysis"),
+                 log=f"logs/{exp}/evaluate-{run}.log", metrics=Files(metrics=f"{d}/metrics.json"),
+                 plots=Files(grid=f"{d}/samples.png", analysis=f"{d}/analysis.png", latent=f"{d}/latent.png"),
                  args=dict(exp=exp, model=model, seed=seed))
 
 

@@ -35,6 +35,7 @@ INCEPTION = "inception-v3-compat"
 INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                  "weights-inception-2015-12-05-6726825d.pth")
 FEATURES = "2048"           # the Inception layer FID uses
+LOGITS = "logits_unbiased"  # the one Inception Score uses (torch-fidelity's default for isc)
 DIM = 2048
 
 
@@ -69,6 +70,23 @@ def clusters_and_outliers(x: np.ndarray, k: int, seed: int, eps: float = 0.15, m
     noise = DBSCAN(eps=eps, min_samples=min_samples).fit(x).labels_ == -1
     z = np.abs((x - x.mean(0)) / x.std(0))
     return labels, noise | (z > 3).any(1)
+
+
+def border_distances(xT: np.ndarray, clusters: np.ndarray, outliers: np.ndarray) -> dict:
+    """Where a 2-D student's outliers come from (the paper's claim: the borders between the noise regions that
+    feed different modes). For each sample, the distance from its x_T to the nearest x_T of an inlier in another
+    cluster (clusters of the generated x_0, as the analysis figure draws them); the median for outliers and for
+    inliers, and their ratio (below 1: outliers sit nearer a border than inliers do)."""
+    from sklearn.neighbors import NearestNeighbors
+    distance = np.empty(len(xT))
+    for c in np.unique(clusters):
+        others = xT[(clusters != c) & ~outliers]
+        mine = clusters == c
+        distance[mine] = NearestNeighbors(n_neighbors=1).fit(others).kneighbors(xT[mine])[0][:, 0]
+    median = lambda d: float(np.median(d)) if len(d) else None      # noqa: E731  (no outliers: none to place)
+    out, inl = median(distance[outliers]), median(distance[~outliers])
+    return {"border_dist_outliers": out, "border_dist_inliers": inl,
+            "border_ratio": None if out is None or inl is None else out / inl}
 
 
 # ---- images: extractors -----------------------------------------------------------------------------
@@ -150,16 +168,19 @@ def resolve_extractor(spec: dict, classifier_pt) -> tuple[str, str | None]:
 # ---- images: metrics against a reference ------------------------------------------------------------
 def fidelity_metrics(generated: torch.Tensor, reference: torch.Tensor, extractor: str, weights: str | None = None,
                      kid_subset: int = 1000, prc_neighborhood: int = 3) -> dict:
-    """FID, KID (mean), precision and recall of `generated` against `reference` images, no caching."""
+    """FID, KID (mean), precision and recall of `generated` against `reference` images, and the Inception Score
+    of `generated` (from the extractor's logits: the classifier's class logits, or Inception's; mean and std over
+    torch-fidelity's 10 splits), no caching."""
     from torch_fidelity import calculate_metrics
     as_read = to_uint8_rgb if extractor == INCEPTION else None
     m = calculate_metrics(input1=Images(generated, as_read), input2=Images(reference, as_read), feature_extractor=extractor,
-                          feature_extractor_weights_path=weights, fid=True, kid=True, prc=True,
+                          feature_extractor_weights_path=weights, fid=True, kid=True, prc=True, isc=True,
                           cuda=device().type == "cuda", cache=False, verbose=False, save_cpu_ram=True,
                           kid_subset_size=min(kid_subset, len(generated), len(reference)),
                           prc_neighborhood=prc_neighborhood)
     return {"fid": m["frechet_inception_distance"], "kid": m["kernel_inception_distance_mean"],
-            "precision": m["precision"], "recall": m["recall"]}
+            "precision": m["precision"], "recall": m["recall"], "isc": m["inception_score_mean"],
+            "isc_splits_std": m["inception_score_std"]}
 
 
 def accuracy(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
@@ -167,14 +188,23 @@ def accuracy(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor) 
         return float((classifier(images).argmax(1) == labels).float().mean())
 
 
-def inception_features(images, weights: str, batch: int) -> torch.Tensor:
-    """(n, 2048) float32 features of a Dataset (or tensor) of [-1, 1] float images."""
+def inception_features(images, weights: str, batch: int, layers=(FEATURES,)) -> dict[str, torch.Tensor]:
+    """Inception's float32 features of a Dataset (or tensor) of [-1, 1] float images, by layer: (n, 2048) pool
+    features (FEATURES), (n, 1008) logits (LOGITS)."""
     from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
     cuda = device().type == "cuda"
-    net = create_feature_extractor(INCEPTION, [FEATURES], cuda=cuda, feature_extractor_weights_path=weights,
+    net = create_feature_extractor(INCEPTION, list(layers), cuda=cuda, feature_extractor_weights_path=weights,
                                    verbose=False)
     return get_featuresdict_from_dataset(Images(images, to_uint8_rgb), net, batch, cuda, save_cpu_ram=True,
-                                         verbose=False)[FEATURES]
+                                         verbose=False)
+
+
+def inception_score(logits: torch.Tensor) -> dict:
+    """Inception Score of (n, classes) logits, torch-fidelity's computation (10 splits of a seeded shuffle): its
+    mean and std over the splits."""
+    from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
+    m = isc_features_to_metric(logits)
+    return {"isc": m[KEY_METRIC_ISC_MEAN], "isc_splits_std": m[KEY_METRIC_ISC_STD]}
 
 
 def statistics(features: torch.Tensor) -> dict:
@@ -256,6 +286,22 @@ class Quality:
             out["class_acc"] = accuracy(self.classifier, x0, labels)
         return {**out, "extractor": self.described}
 
+    def semantics(self, x0: torch.Tensor, clusters: int, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+        """What the evaluator says the samples are, for the latent analysis: (labels, features, what the labels
+        are). 2-D: the board cell of each sample, and the sample itself; the classifier: its predicted digit and
+        its features; Inception: k-means clusters of its pool features (`clusters`, `seed`), and those."""
+        if not self.data.images:
+            return self.data.cell_of(x0).numpy(), x0.numpy(), "the board cell of the sample"
+        if self.classifier is not None:
+            with torch.inference_mode():
+                return (self.classifier(x0).argmax(1).numpy(), self.classifier.features(x0).numpy(),
+                        "the digit classifier's prediction")
+        from sklearn.cluster import KMeans
+        features = inception_features(x0, self.weights, self.ev["batch"])[FEATURES].numpy()
+        labels = KMeans(n_clusters=clusters, n_init=4, random_state=seed).fit_predict(features)
+        return labels, features, f"k-means ({clusters} clusters) of the samples' Inception features"
+
     def frechet(self, x0) -> dict:
-        features = inception_features(x0, self.weights, self.ev["batch"])
-        return {"fid": fid(statistics(features), self.reference), "extractor": self.described}
+        features = inception_features(x0, self.weights, self.ev["batch"], (FEATURES, LOGITS))
+        return {"fid": fid(statistics(features[FEATURES]), self.reference), **inception_score(features[LOGITS]),
+                "extractor": self.described}

@@ -55,6 +55,25 @@ def analysis(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarra
     _save(fig, path)
 
 
+def latent(views: dict[str, dict[str, np.ndarray]], labels: np.ndarray, scores: dict, path, title: str) -> None:
+    """One column per space (x_T, KDM's latents), PCA above t-SNE, each point coloured by its sample's label;
+    each column titled with its knn label agreement."""
+    fig, axes = plt.subplots(2, len(views), figsize=(2.6 * len(views), 5.4), squeeze=False)
+    classes = np.unique(labels)
+    colour = np.searchsorted(classes, labels)
+    for col, (space, by) in enumerate(views.items()):
+        for row, (method, xy) in enumerate(by.items()):
+            ax = axes[row, col]
+            ax.scatter(xy[:, 0], xy[:, 1], c=colour, cmap="tab10" if len(classes) <= 10 else "tab20", s=3, lw=0,
+                       vmin=0, vmax=9 if len(classes) <= 10 else 19)
+            ax.set(xticks=[], yticks=[])
+            ax.set_title(f"{space}: {method}" + (f"\nknn {scores[space]['knn']:.2f}" if row == 0 else ""),
+                         fontsize=8)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def spectrum(matrix, path, title: str) -> None:
     """Eigenvalues of a Koopman operator in the complex plane, with the unit circle."""
     import torch

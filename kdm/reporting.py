@@ -10,7 +10,7 @@ import pandas as pd
 import yaml
 
 PUBLISHED = Path(__file__).parent / "published.yaml"      # facts from papers, shipped with the code
-METRICS = ["fid", "kid", "precision", "recall", "class_acc", "coverage", "sw2", "outlier_share"]
+METRICS = ["fid", "kid", "isc", "precision", "recall", "class_acc", "coverage", "sw2", "outlier_share"]
 LOWER_IS_BETTER = ("fid", "kid", "sw2", "outlier_share")
 
 
@@ -43,7 +43,7 @@ def tex(text: str) -> str:
     return escaped.replace(" ± ", r" $\pm$ ")
 
 
-PUBLISHED_KEYS = {"experiment", "model", "params", "pairs", "nfe", "fid", "source", "reference"}
+PUBLISHED_KEYS = {"experiment", "model", "params", "pairs", "nfe", "fid", "isc", "source", "reference"}
 PUBLISHED_REQUIRED = {"experiment", "model", "source", "reference"}
 
 

@@ -126,6 +126,12 @@ class KoopmanStudent(nn.Module):
     def decode(self, z, y):
         return self.D(self.PD(z).reshape(-1, *self.grid), y)
 
+    def latents(self, x_T, x0, labels=None) -> dict:
+        """The Koopman latents of one-step sampling: z_T = E_T(x_T), its image C z_T (+ B y), and z_0 = E_0(x0)."""
+        y = one_hot(labels, self.label_dim)
+        zT = self.encode_T(x_T, y)
+        return {"z_T": zT, "Cz_T": self.push(zT, y), "z_0": self.encode_0(x0, y)}
+
     def forward(self, x_T, labels=None):
         """One-step sampling: no latent noise, as in the authors' released code."""
         y = one_hot(labels, self.label_dim)

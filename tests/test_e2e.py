@@ -168,13 +168,46 @@ def test_digits_table_has_image_metrics_floor_and_published_rows(digits):
     assert "digits-cond" in (digits.path / "results/table.md").read_text()
 
 
+def test_every_student_evaluation_measures_latent_proximity_and_the_digits_their_inception_score(digits, built):
+    """kdm/proximity.py's measures in every space of each student (KD: its noise and the control), with the
+    classifier's and the requested labels on conditional digits; IS from the classifier's logits beside FID; the
+    2-D students' border distances; the table's latent section."""
+    import json
+    import math
+    evaluations = {(ws, model): json.loads((ws.path / f"results/{exp}/eval/{model}-s0/metrics.json").read_text())
+                   for ws, exp in ((digits, "digits-cond"), (built, "checkerboard")) for model in ("kdm", "kd")}
+    for (ws, model), m in evaluations.items():
+        latent = m["latent"]
+        assert set(latent["spaces"]) == ({"x_T", "x_T_projected", "z_T", "Cz_T", "z_0"} if model == "kdm"
+                                         else {"x_T", "x_T_projected"}) and latent["samples"] == 100
+        keys = {"knn", "ari", "nmi", "dist_corr"} | ({"knn_requested", "ari_requested", "nmi_requested"}
+                                                     if ws is digits else set())
+        for space, values in latent["spaces"].items():
+            assert set(values) == keys and all(math.isfinite(v) for v in values.values()), (model, space, values)
+            assert 0 <= values["knn"] <= 1 and -1 <= values["dist_corr"] <= 1
+        assert set(latent["chance"]) == ({"label", "requested"} if ws is digits else {"label"})
+        assert 0 < latent["chance"]["label"] <= 1          # 1: a tiny student makes one label only
+        if ws is digits:
+            assert latent["labels"] == "the digit classifier's prediction" and m["isc"] >= 1 and m["isc_splits_std"] >= 0
+        else:
+            assert latent["labels"] == "the board cell of the sample" and "isc" not in m
+            assert m["outlier_share"] == 0 or m["border_dist_outliers"] > 0
+            assert m["border_ratio"] is None or m["border_ratio"] == m["border_dist_outliers"] / m["border_dist_inliers"]
+    teacher = json.loads((digits.path / "results/digits-cond/eval/teacher/metrics.json").read_text())
+    assert teacher["isc"] >= 1 and "latent" not in teacher
+    for ws in (digits, built):
+        md = (ws.path / "results/table.md").read_text()
+        assert "## Latent proximity" in md and "| z_T " in md and "(chance 0." in md
+
+
 def test_digits_outputs_and_conditional_store(digits):
     import numpy as np
     from edm_generate import edm_generate_latents
     root = digits.path / "results/digits-cond"
     for png in ("classifier/loss.png", "teacher/loss.png", "kdm-s0/loss.png", "kdm-s0/spectrum.png",
                 "eval/teacher/samples.png", "eval/kdm-s0/samples.png", "eval/kd-s0/samples.png",
-                "eval/kdm-s0/analysis.png", "eval/data-resampled/samples.png"):
+                "eval/kdm-s0/analysis.png", "eval/kdm-s0/latent.png", "eval/kd-s0/latent.png",
+                "eval/data-resampled/samples.png"):
         assert (root / png).stat().st_size > 1000, png
     seeds, labels = np.load(root / "store/seeds.npy"), np.load(root / "store/labels.npy")
     assert seeds.tolist() == list(range(128)) and labels.tolist() == edm_generate_latents(seeds, (1, 8, 8), 10)[1]
@@ -278,13 +311,14 @@ def test_snakemake_report_holds_every_figure_by_experiment_and_stage(digits, tmp
     html = (tmp_path / "report.html").read_text()
     categories, results = _report_var(html, "categories"), _report_var(html, "results")
     figures = {p.relative_to(digits.path).as_posix() for p in (digits.path / "results").rglob("*.png")}
-    assert len(figures) == 15 and set(results) == figures | {"results/table.html"}
+    assert len(figures) == 17 and set(results) == figures | {"results/table.html"}
     exp = sorted(p for p in figures if p.startswith("results/digits-cond/"))
     assert {c: {s: sorted(files) for s, files in subs.items()} for c, subs in categories.items()} == {
         "All experiments": {"Other": ["results/quality-vs-speed.png", "results/table.html"]},
         "Benchmark": {"Other": ["results/benchmarks.png"]},
         "digits-cond": {"training": [p for p in exp if p.endswith(("/loss.png", "/spectrum.png"))],
                         "samples": [p for p in exp if p.endswith(("/samples.png", "/analysis.png"))],
+                        "latent proximity": [p for p in exp if p.endswith("/latent.png")],
                         "snapshot curves": [p for p in exp if p.endswith("/curve.png")]}}
     assert all(r["caption"].strip() for r in results.values())
     assert "10 iterations at batch 32" in results["results/digits-cond/kdm-s0/loss.png"]["caption"]

@@ -100,7 +100,7 @@ def test_reference_stage_from_folder_zip_and_npz(tmp_path, monkeypatch, inceptio
         stats[kind] = run_reference(tmp_path, monkeypatch, data, extractor)
     assert stats["folder"]["mu"].shape == (2048,) and stats["folder"]["sigma"].shape == (2048, 2048)
     direct = metrics.statistics(metrics.inception_features(
-        torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1), inception_weights, batch=7))
+        torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1), inception_weights, batch=7)[metrics.FEATURES])
     for key in ("mu", "sigma"):     # the same images give the same statistics, also computed directly
         np.testing.assert_array_equal(stats["folder"][key], stats["zip"][key])
         np.testing.assert_allclose(stats["folder"][key], direct[key], rtol=1e-4, atol=1e-6)
@@ -109,7 +109,8 @@ def test_reference_stage_from_folder_zip_and_npz(tmp_path, monkeypatch, inceptio
     folder = ImageFolder(path, 32, 3, classes=0)
     got = Quality(folder, params["x"]["evaluate"], dag.evaluate_teacher(params, "x").deps)(
         torch.stack([folder[i] for i in range(N)]), None)
-    assert set(got) == {"fid", "extractor"} and abs(got["fid"]) < 1e-3 * np.trace(stats["zip"]["sigma"])
+    assert set(got) == {"fid", "isc", "isc_splits_std", "extractor"} and got["isc"] >= 1
+    assert abs(got["fid"]) < 1e-3 * np.trace(stats["zip"]["sigma"])
     # a precomputed .npz (EDM's fid-refs layout) is checked and taken as it is; the data set is not read
     np.savez(tmp_path / "refs.npz", mu=stats["zip"]["mu"].astype(np.float32), sigma=stats["zip"]["sigma"])
     missing = {"kind": "images", "path": str(tmp_path / "absent"), "resolution": 32, "channels": 3, "classes": 0}
@@ -129,9 +130,21 @@ def test_fid_against_statistics_equals_torch_fidelity_fid(inception_weights):
     g = torch.Generator().manual_seed(0)
     a = torch.rand(6, *SHAPE, generator=g) * 2 - 1
     b = (torch.rand(6, *SHAPE, generator=g) * 2 - 1) * 0.5
-    ours = metrics.fid(metrics.statistics(metrics.inception_features(a, inception_weights, batch=6)),
-                       metrics.statistics(metrics.inception_features(b, inception_weights, batch=6)))
+    pool = [metrics.inception_features(x, inception_weights, batch=6)[metrics.FEATURES] for x in (a, b)]
+    ours = metrics.fid(*map(metrics.statistics, pool))
     theirs = calculate_metrics(input1=Images(to_uint8_rgb(a)), input2=Images(to_uint8_rgb(b)),
                                feature_extractor="inception-v3-compat", feature_extractor_weights_path=inception_weights,
                                fid=True, cuda=False, cache=False, verbose=False, save_cpu_ram=True, batch_size=6)
     assert ours > 0 and ours == pytest.approx(theirs["frechet_inception_distance"], rel=1e-5)
+
+
+def test_inception_score_equals_torch_fidelity_isc(inception_weights):
+    """IS from Inception's logits, as the evaluation computes it beside FID: torch-fidelity's own isc."""
+    from torch_fidelity import calculate_metrics
+    a = torch.rand(20, *SHAPE, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    ours = metrics.inception_score(metrics.inception_features(a, inception_weights, 10, (metrics.LOGITS,))[metrics.LOGITS])
+    theirs = calculate_metrics(input1=Images(to_uint8_rgb(a)), feature_extractor="inception-v3-compat",
+                               feature_extractor_weights_path=inception_weights, isc=True, cuda=False, cache=False,
+                               verbose=False, save_cpu_ram=True, batch_size=10)
+    assert ours["isc"] >= 1 and ours["isc"] == pytest.approx(theirs["inception_score_mean"], rel=1e-6)
+    assert ours["isc_splits_std"] == pytest.approx(theirs["inception_score_std"], rel=1e-6)

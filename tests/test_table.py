@@ -7,7 +7,7 @@ from kdm.stages.table import markdown
 
 def test_published_rows_carry_their_sources():
     rows = published_rows()
-    assert set(rows.columns) <= {"experiment", "model", "params", "pairs", "nfe", "fid", "source", "reference", "samples",
+    assert set(rows.columns) <= {"experiment", "model", "params", "pairs", "nfe", "fid", "isc", "source", "reference", "samples",
                                  "extractor"}
     assert (rows["extractor"] == "inception-v3-compat").all() and (rows["samples"] == 50000).all()
     assert rows["source"].notna().all() and rows["reference"].notna().all()

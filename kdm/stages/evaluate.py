@@ -19,11 +19,11 @@ import logging
 import numpy as np
 import torch
 
-from kdm import datasets, plots
+from kdm import datasets, plots, proximity
 from kdm.device import device
 from kdm.edm import nfe
 from kdm.io import read_json, write_json
-from kdm.metrics import Quality, clusters_and_outliers
+from kdm.metrics import Quality, border_distances, clusters_and_outliers
 from kdm.models import load_model
 from kdm.nets import count_params
 from kdm.pairset import open_pairset, write_pairset
@@ -93,8 +93,9 @@ def run_student(stage, P, quality: Quality):
               "params": net.sampling_params(), "params_trained": count_params(net),
               "iterations": trained["params"][stage.args["model"]]["iterations"],
               "train_minutes": trained["train_seconds"] / 60, **over_seed_sets(quality, x0, labels, ev)}
-    x0 = x0.numpy()
     name = stage.args["model"]
+    result["latent"] = latent_analysis(net, xT, x0, labels, quality, P, stage.plots.latent, f"{name} (1 NFE)")
+    x0 = x0.numpy()
     draw(quality.data, x0, labels, stage.plots.grid, f"{name} (1 NFE)")
     teacher_x0 = np.asarray(teacher["x0"])
     if quality.data.images:         # the same noise through both: teacher above, student below
@@ -106,8 +107,37 @@ def run_student(stage, P, quality: Quality):
         rows.append((who, gen_x0, xT.numpy(), clusters, outliers))
         if who != "teacher":
             result["outlier_share"] = float(outliers.mean())
+            result.update(border_distances(xT.numpy(), clusters, outliers))
     plots.analysis(rows, stage.plots.analysis, lim=quality.data.h * 1.25)
     return result
+
+
+def latent_analysis(net, xT: torch.Tensor, x0: torch.Tensor, labels, quality: Quality, P, path, title) -> dict:
+    """Proximity against semantics (kdm/proximity.py) on the first `analysis.samples` of the evaluation: in x_T,
+    a random projection of it (a control), and KDM's z_T, C z_T and z_0 of its own samples; labels from the
+    evaluator (and, conditional, the requested ones). Writes latent.png; returns what goes into metrics.json."""
+    an = P["analysis"]
+    n = an["samples"]
+    xT, x0 = xT[:n], x0[:n]
+    names = [s for s in an["spaces"] if s in ("x_T", "x_T_projected") or hasattr(net, "latents")]
+    flat = xT.flatten(1).numpy()
+    spaces = {"x_T": flat}
+    if hasattr(net, "latents"):         # KDM
+        on, batch = next(net.parameters()).device, P["evaluate"]["batch"]
+        ys = [None] * len(xT.split(batch)) if labels is None else labels[:n].split(batch)
+        parts = [net.latents(a.to(on), b.to(on), None if y is None else y.to(on))
+                 for a, b, y in zip(xT.split(batch), x0.split(batch), ys)]
+        spaces.update({k: torch.cat([p[k] for p in parts]).cpu().numpy() for k in parts[0]})
+    dim = spaces["z_T"].shape[1] if "z_T" in spaces else flat.shape[1]
+    spaces["x_T_projected"] = proximity.random_projection(flat, dim, an["seed"])
+    spaces = {s: spaces[s] for s in names}
+    predicted, features, described = quality.semantics(x0, an["clusters"], an["seed"])
+    sets = {"label": predicted} | ({} if labels is None else {"requested": labels[:n].numpy()})
+    out = proximity.proximity(spaces, sets, features, an["knn"], an["pairs"], an["seed"])
+    m = an["plot_samples"]
+    plots.latent({s: proximity.embeddings(p[:m], an["seed"]) for s, p in spaces.items()}, predicted[:m],
+                 out["spaces"], path, f"{title}: {m} samples coloured by {described}")
+    return {"labels": described, "samples": n, **out}
 
 
 def run_data(stage, P, quality: Quality) -> None:

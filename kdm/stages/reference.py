@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from kdm import datasets
-from kdm.metrics import inception_features, load_statistics, resolve_extractor, save_statistics, statistics
+from kdm.metrics import FEATURES, inception_features, load_statistics, resolve_extractor, save_statistics, statistics
 
 log = logging.getLogger("kdm.reference")
 
@@ -22,5 +22,5 @@ def run(stage, P):
         real = datasets.make(P["data"]).real()
         log.info("reference statistics of %d real images", len(real))     # (opens the data set: errors first)
         _, weights = resolve_extractor(extractor, classifier_pt=None)
-        stats = statistics(inception_features(real, weights, BATCH))
+        stats = statistics(inception_features(real, weights, BATCH)[FEATURES])
     save_statistics(stage.outs.stats, stats)

@@ -4,7 +4,8 @@ were measured against (rows with different references are not comparable).
 
 - table.csv: every column, one row per (experiment, model), for programs;
 - table.md, table.html, table.tex (booktabs): one section per experiment with only the columns its rows have,
-  the students' ratios to the teacher in view, and what every row of the section shares on one line;
+  the students' ratios to the teacher in view, and what every row of the section shares on one line; md and html
+  end with the latent-proximity section (a row per experiment, student and space);
 - table.json: our rows' headline numbers (FID, 2-D: precision) by experiment and model (DVC's metrics, read by
   `dvc exp show`);
 - quality-vs-speed.png: per experiment, quality against sampling cost (ms/sample, log scale).
@@ -27,20 +28,25 @@ log = logging.getLogger("kdm.table")
 
 KEYS = ["experiment", "model"]
 RATIOS = ["fid", "sw2"]             # distances: a student's over the teacher's (lower is better, 1 = the teacher's)
-ORDER = ["nfe", "ms_per_sample", "speedup", "params", *METRICS, "samples", "seed_sets", "speed_batch", "iterations",
-         "train_minutes"]
+BORDER = ["border_dist_outliers", "border_dist_inliers", "border_ratio"]   # 2-D: where outliers' noise lies
+ORDER = ["nfe", "ms_per_sample", "speedup", "params", *METRICS, *BORDER, "samples", "seed_sets", "speed_batch",
+         "iterations", "train_minutes"]
 ORDER = [c for base in ORDER for c in (base, f"{base}_min", f"{base}_sets_std")]     # a metric's seed-set columns
+ORDER[ORDER.index("isc") + 1:ORDER.index("isc") + 1] = ["isc_splits_std"]          # IS: its spread over splits
 TEXT = ["reference", "extractor"]
-SKIP = {"seed", "provenance", "params_trained"}
+SKIP = {"seed", "provenance", "params_trained", "latent"}     # latent: its own section
 
 # The sections' columns, in order, with their headers; a column no row of a section has is left out.
 HEADERS = {"model": "model", "nfe": "NFE", "ms_per_sample": "ms/sample", "speedup": "speedup", "params": "params",
            "fid": "FID", "fid_min": "FID min", "fid_sets_std": "FID sets std", "fid_vs_teacher": "FID / teacher",
-           "kid": "KID", "kid_min": "KID min", "kid_sets_std": "KID sets std", "precision": "precision",
+           "kid": "KID", "kid_min": "KID min", "kid_sets_std": "KID sets std", "isc": "IS",
+           "isc_splits_std": "IS splits std", "isc_sets_std": "IS sets std", "precision": "precision",
            "precision_sets_std": "precision sets std", "recall": "recall", "recall_sets_std": "recall sets std",
            "class_acc": "class acc.", "class_acc_sets_std": "class acc. sets std", "coverage": "coverage",
            "coverage_sets_std": "coverage sets std", "sw2": "SW2", "sw2_min": "SW2 min", "sw2_sets_std": "SW2 sets std",
            "sw2_vs_teacher": "SW2 / teacher", "outlier_share": "outliers", "outlier_share_sets_std": "outliers sets std",
+           "border_dist_outliers": "outliers' x_T to a border", "border_dist_inliers": "inliers' x_T to a border",
+           "border_ratio": "border ratio",
            "iterations": "iterations", "train_minutes": "train min", "seeds": "seeds", "samples": "samples",
            "seed_sets": "seed sets", "speed_batch": "speed batch", "compared_at": "students compared at",
            "extractor": "evaluator", "reference": "reference", "source": "source"}
@@ -73,6 +79,30 @@ def ours(metric_files) -> pd.DataFrame:
     table["source"] = "ours@" + ("/".join(sorted(c[:10] + ("+dirty" if c.endswith("+dirty") else "")
                                                  for c in commits if c)) or "unversioned")
     return table
+
+
+LATENT = {"knn": "knn agreement", "ari": "ARI", "nmi": "NMI", "knn_requested": "knn (requested)",
+          "ari_requested": "ARI (requested)", "nmi_requested": "NMI (requested)", "dist_corr": "distance rank corr."}
+
+
+def latent(metric_files) -> pd.DataFrame:
+    """The latent-proximity study of every student that has one (kdm/proximity.py), a row per (experiment, model,
+    space): each measure's mean ± std over training seeds, the knn agreements with their chance level."""
+    rows = [{"experiment": m["experiment"], "model": m["model"], "space": space, "labels": m["latent"]["labels"],
+             **values, **{f"chance_{k}": v for k, v in m["latent"]["chance"].items()}}
+            for m in map(read_json, metric_files) if "latent" in m for space, values in m["latent"]["spaces"].items()]
+    if not rows:
+        return pd.DataFrame()
+    runs = pd.DataFrame(rows)
+    grouped = runs.groupby(["experiment", "model", "space"], sort=False)
+    mean, std = grouped.mean(numeric_only=True), grouped.std(ddof=1, numeric_only=True)
+    out = pd.DataFrame({"labels": grouped["labels"].first(), "seeds": grouped.size()})
+    for key, header in LATENT.items():
+        if key in mean:
+            chance = mean.get(f"chance_{key.partition('_')[2] or 'label'}") if key.startswith("knn") else None
+            out[header] = [cell(v, s) + ("" if chance is None else f" (chance {c:.2f})")
+                           for v, s, c in zip(mean[key], std[key], chance if chance is not None else mean[key])]
+    return out.reset_index()
 
 
 def build(metric_files, published=PUBLISHED) -> pd.DataFrame:
@@ -129,17 +159,27 @@ NOTE = ("Ratios X / teacher: a student's metric over the teacher's of the same r
         "Rows measured against different references or with different evaluators are not comparable.")
 
 
-def markdown(table: pd.DataFrame) -> str:
+LATENT_NOTE = ("Does proximity in a space go with the samples' semantics? Per space, on the first samples of each "
+               "evaluation: the share of a point's nearest neighbours whose sample has its label (beside chance), "
+               "agreement of k-means clusters of the space with the labels (ARI, NMI), and the rank correlation of "
+               "distances in the space with distances of the samples' evaluator features (kdm/proximity.py). "
+               "x_T_projected: x_T through a random Gaussian matrix, a control.")
+
+
+def markdown(table: pd.DataFrame, latent_rows: pd.DataFrame | None = None) -> str:
     parts = [f"# Results\n\n{NOTE}\n"]
     for exp, shared, text in sections(table):
         parts.append(f"## {_title(exp, table)}\n")
         if shared:
             parts.append(SHARED + "; ".join(f"{k} {v}" for k, v in shared.items()) + ".\n")
         parts.append(text.to_markdown(index=False, colalign=["left"] + ["right"] * (len(text.columns) - 1)) + "\n")
+    if latent_rows is not None and len(latent_rows):
+        parts.append(f"## Latent proximity\n\n{LATENT_NOTE}\n")
+        parts.append(latent_rows.to_markdown(index=False) + "\n")
     return "\n".join(parts)
 
 
-def html_page(table: pd.DataFrame) -> str:
+def html_page(table: pd.DataFrame, latent_rows: pd.DataFrame | None = None) -> str:
     """The same sections as a standalone page (what the Snakemake report shows)."""
     body = [f"<h1>Results</h1><p>{html.escape(NOTE)}</p>"]
     for exp, shared, text in sections(table):
@@ -148,6 +188,9 @@ def html_page(table: pd.DataFrame) -> str:
             body.append(f"<p>{SHARED}" + "; ".join(f"<b>{html.escape(k)}</b> {html.escape(v)}"
                                                    for k, v in shared.items()) + ".</p>")
         body.append(text.to_html(index=False, border=0, classes="results"))
+    if latent_rows is not None and len(latent_rows):
+        body.append(f"<h2>Latent proximity</h2><p>{html.escape(LATENT_NOTE)}</p>")
+        body.append(latent_rows.to_html(index=False, border=0, classes="results"))
     style = ("body{font-family:sans-serif;margin:1.5em;color:#222}table.results{border-collapse:collapse;"
              "margin-bottom:1.5em}table.results th,table.results td{padding:.25em .7em;border-bottom:1px solid #ccc;"
              "text-align:right}table.results td:first-child,table.results th:first-child{text-align:left}")
@@ -185,10 +228,10 @@ def summary(table: pd.DataFrame) -> dict:
 
 
 def run(stage, P):
-    table = build(stage.deps.metrics)
+    table, latent_rows = build(stage.deps.metrics), latent(stage.deps.metrics)
     with atomic_path(stage.outs.csv) as tmp:
         table.to_csv(tmp, index=False)
-    for path, text in ((stage.outs.md, markdown(table)), (stage.outs.html, html_page(table)),
+    for path, text in ((stage.outs.md, markdown(table, latent_rows)), (stage.outs.html, html_page(table, latent_rows)),
                        (stage.outs.tex, latex(table))):
         with atomic_path(path) as tmp:
             tmp.write_text(text)
@@ -196,4 +239,4 @@ def run(stage, P):
     ours = table[is_ours(table)]
     metrics = {exp: headline(rows) for exp, rows in ours.groupby("experiment")}
     plots.quality_vs_speed(ours, table[~is_ours(table)], metrics, stage.plots.quality_vs_speed)
-    log.info("table:\n%s", markdown(table))
+    log.info("table:\n%s", markdown(table, latent_rows))

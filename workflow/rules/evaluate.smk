@@ -82,6 +82,17 @@ rule evaluate_student:
                 "figure": "beside the teacher",
             },
         ),
+        latent=report(
+            "results/{exp}/eval/{model}-s{seed}/latent.png",
+            caption="../report/latent.rst",
+            category="{exp}",
+            subcategory="latent proximity",
+            labels={
+                "model": "{model}",
+                "seed": "{seed}",
+                "figure": "latent proximity",
+            },
+        ),
     log:
         "logs/{exp}/evaluate-{model}-s{seed}.log",
     wildcard_constraints:
@@ -93,6 +104,7 @@ rule evaluate_student:
         data=section("data"),
         sampler=section("sampler"),
         evaluate=section("evaluate"),
+        analysis=section("analysis"),
         point="",  # a sweep point's: workflow/rules/sweeps.smk
     shell:
         "python -m kdm evaluate {wildcards.exp} {wildcards.model} {wildcards.seed}{params.point}"

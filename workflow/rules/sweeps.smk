@@ -49,12 +49,14 @@ use rule evaluate_student as sweep_evaluate with:
         metrics="results/{exp}/eval/sweeps/{sweep}/{point}/{model}-s{seed}/metrics.json",
         grid="results/{exp}/eval/sweeps/{sweep}/{point}/{model}-s{seed}/samples.png",
         analysis="results/{exp}/eval/sweeps/{sweep}/{point}/{model}-s{seed}/analysis.png",
+        latent="results/{exp}/eval/sweeps/{sweep}/{point}/{model}-s{seed}/latent.png",
     log:
         "logs/{exp}/evaluate-sweeps/{sweep}/{point}/{model}-s{seed}.log",
     params:
         data=section("data"),
         sampler=section("sampler"),
         evaluate=section("evaluate"),
+        analysis=section("analysis"),
         point=point_arg,
 
 
