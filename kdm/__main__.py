@@ -16,6 +16,7 @@
     python -m kdm dvc-yaml [--check]      # (re)generate dvc.yaml (and workflow/benchmark/dvc.yaml) from params.yaml
     python -m kdm check                   # params.yaml and the files it names: the first stage of both DAGs
     python -m kdm verify EXP              # full sha256 check of the pair shards, store and teacher samples
+    python -m kdm verify EXP --rederive N # ... and N random store seeds re-sampled with the recorded teacher
     python -m kdm export EXP MODEL --seeds 0-49999 --outdir DIR [--subdirs]
                                           # MODEL teacher | kdm-s0 | kd-s1 ...: one PNG per seed, named and drawn
                                           # as EDM's generate.py does (for any external FID tool)
@@ -75,7 +76,16 @@ def _parser():
     sub.add_parser("sweep", help="a sweep's table and figure: results/sweeps/NAME.{csv,md,tex,json,png}").add_argument(
         "name")
     sub.add_parser("benchmark")
-    sub.add_parser("verify", help="check every pair set of an experiment byte by byte").add_argument("exp")
+    s = sub.add_parser("verify", help="check every pair set of an experiment byte by byte; --rederive N: and "
+                       "re-sample N of the store's seeds with its teacher")
+    s.add_argument("exp")
+    s.add_argument("--rederive", type=int, default=0, metavar="N", help="re-sample N random seeds of the store with "
+                   "the teacher and sampler it records, and compare x_T, labels and x_0")
+    s.add_argument("--seed", type=int, default=0, help="draws the seeds to re-derive (default 0)")
+    s.add_argument("--teacher", type=Path, help="a teacher model file, for a store that records none (imported)")
+    s.add_argument("--sha256", help="the sha256 --teacher must have")
+    s.add_argument("--tolerance", type=float, default=0.0, help="largest absolute difference accepted (default 0: "
+                   "bitwise, for the device and precision that made the pairs)")
     s = sub.add_parser("export", help="write a built model's images as PNGs named by seed, as EDM's generate.py")
     s.add_argument("exp")
     s.add_argument("model", help="teacher, or a student run such as kdm-s0 or kd-s1")
@@ -212,7 +222,7 @@ def main(argv=None) -> int:
             return _check(params, a.params)
         if a.command == "verify":
             _check_experiment(params, a.exp, a.params)
-            return _verify(params, a.exp)
+            return _verify(params, a)
         if a.command == "export":
             _check_experiment(params, a.exp, a.params)
             return _export(params, a)
@@ -235,8 +245,10 @@ def main(argv=None) -> int:
     return 0
 
 
-def _verify(params, exp) -> int:
-    """Full check of every pair set the experiment has written so far."""
+def _verify(params, a) -> int:
+    """Full check of every pair set the experiment has written so far; with --rederive, of the store's pairs
+    against its teacher too."""
+    exp = a.exp
     dirs = [d.rstrip("/") for d in [dag.shard_dir(exp, i) for i in range(dag.shard_count(params, exp))]
             + [dag.store_dir(exp), dag.evaluate_teacher(params, exp).outs.samples]]
     failed = 0
@@ -250,6 +262,20 @@ def _verify(params, exp) -> int:
         except (PairSetError, OSError) as e:
             failed += 1
             print(f"{d}: FAILED: {e}", file=sys.stderr)
+    if a.rederive and not failed:
+        store = Path(dag.store_dir(exp))
+        if not store.exists():
+            print(f"{store}: not built yet; nothing to re-derive", file=sys.stderr)
+            return 1
+        sampling = importlib.import_module("kdm.sampling")      # torch and the library: only now, as for a stage
+        try:
+            ok, lines = sampling.rederive(open_pairset(store), a.rederive, a.seed, a.teacher, a.sha256, a.tolerance)
+        except ValueError as e:
+            print(f"kdm: error: {e}", file=sys.stderr)
+            return 2
+        print("\n".join(f"{store}: rederive: {line}" for line in lines), file=sys.stdout if ok else sys.stderr)
+        print(f"{store}: rederive: {'ok' if ok else 'FAILED'}", file=sys.stdout if ok else sys.stderr)
+        failed += not ok
     return 1 if failed else 0
 
 

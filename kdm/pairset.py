@@ -3,7 +3,8 @@
 Pair shards, the gathered store and the teacher's evaluation samples all use it. Arrays are plain
 .npy so training memory-maps them; the manifest records counts, shapes, dtypes, the seed range, the
 teacher and sampler settings and a sha256 per array, and `open_pairset` checks it on every open.
-Nothing here carries a timestamp, so the same pairs give the same bytes.
+Beside the manifest, CARD.md says the same for people (kdm.pairset.card). Nothing here carries a timestamp,
+so the same pairs written by the same commit give the same bytes.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from kdm.io import atomic_path, sha256_file
+from kdm.provenance import code_revision
 
 FORMAT = "kdm-pairs/1"
 REQUIRED = ("x0", "xT", "seeds")
@@ -118,8 +120,56 @@ def _write_manifest(directory: Path, n: int, names, meta: dict) -> None:
                          "edge_sha256": edge_sha256(f)}
     manifest = {"format": FORMAT, "count": n,
                 "seed_range": [int(seeds[0]), int(seeds[-1]) + 1] if n else [0, 0],
-                "arrays": entries, "meta": meta}
+                "arrays": entries, "meta": meta, "written_by": code_revision()}
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (directory / "CARD.md").write_text(card(manifest))
+
+
+def card(manifest: dict) -> str:
+    """CARD.md: what someone receiving the pair set needs in order to trust it - how its noise was drawn, the
+    sampler, the teacher, seeds, precision, the commit that wrote it and how to check it - made from the
+    manifest alone, so that it cannot drift from the pairs."""
+    meta, arrays = manifest["meta"], manifest["arrays"]
+    sampler, teacher, source = meta.get("sampler", {}), meta.get("teacher", {}), meta.get("source")
+    lo, hi = manifest["seed_range"]
+    shape = tuple(arrays["xT"]["shape"][1:])
+    label_dim = teacher.get("label_dim", 0)
+    lines = ["# Pair set card", "",
+             f"{manifest['count']} pairs (x_T, x_0{', label' if 'labels' in arrays else ''}) for seeds {lo} to "
+             f"{hi - 1}, format {manifest['format']}, written by kdm commit {manifest.get('written_by') or 'unknown'}.",
+             ""]
+    if source:
+        lines += ["## Imported", "",
+                  f"From a {source.get('format')} pair set at {source.get('path')}; what the import read and assumed: "
+                  + "; ".join(f"{k} {v}" for k, v in source.items() if k not in ("format", "path")) + ".",
+                  "The noise, sampler and teacher below are what the import was told, not proven: the teacher is the "
+                  "experiment's (the one its students are evaluated beside). Check the pairs against a teacher with "
+                  "`python -m kdm verify EXP --rederive N --teacher PATH --sha256 HASH`.", ""]
+    lines += ["## Noise", "",
+              f"For seed s, a CPU `torch.Generator` seeded with s mod 2^32 draws eps ~ N(0, I) of shape {shape}"
+              + (f", then the class label, uniform over {label_dim} classes" if label_dim else "")
+              + f"; x_T = sigma_max * eps with sigma_max {sampler.get('sigma_max')} (pure Gaussian noise, no other "
+              "scaling). As EDM's generate.py on the CPU; it is drawn on the CPU whatever device sampled, so the "
+              "same seed gives the same x_T everywhere (EDM's generate.py on CUDA draws other numbers).", "",
+              "## Sampler", ""]
+    if "steps" in sampler:
+        lines.append(f"EDM's deterministic Heun sampler (Algorithm 1 with S_churn 0: no stochastic churn), "
+                     f"{sampler['steps']} steps = {2 * sampler['steps'] - 1} network evaluations per pair, rho "
+                     f"{sampler.get('rho')}, sigma from {sampler.get('sigma_max')} to {sampler.get('sigma_min')} then 0; "
+                     f"precision {meta.get('precision', 'fp32')}"
+                     + (f", batch {meta['batch']} (a short last batch padded to it, so a pair does not depend on "
+                        "the shard layout)" if "batch" in meta else "") + ".")
+    else:
+        lines.append("Not recorded (an imported set: the source's own).")
+    lines += ["", "## Teacher", "",
+              f"{teacher.get('path')}, sha256 {teacher.get('sha256')}, label_dim {label_dim}.", "",
+              "## Arrays", "", "| array | dtype | shape | sha256 |", "|---|---|---|---|"]
+    lines += [f"| {name} | {a['dtype']} | {tuple(a['shape'])} | {a['sha256']} |" for name, a in arrays.items()]
+    lines += ["", "## Check", "",
+              "`python -m kdm verify EXP` checks every byte against manifest.json; `python -m kdm verify EXP "
+              "--rederive N` re-samples N random seeds with the teacher above and compares x_T, labels and x_0 "
+              "(bitwise on the device and precision that made them).", ""]
+    return "\n".join(lines)
 
 
 def open_pairset(path, check: str | None = None, expect_meta: dict | None = None) -> PairSet:
