@@ -180,7 +180,8 @@ def test_inception_path_reads_local_weights(inception_weights):
     name, path = resolve_extractor({"kind": "inception-v3-compat", "weights": inception_weights}, classifier_pt=None)
     x = Digits(conditional=False).x
     metrics = fidelity_metrics(x[:40], x[40:80], name, path, kid_subset=20)
-    assert set(metrics) == {"fid", "kid", "precision", "recall"} and all(math.isfinite(v) for v in metrics.values())
+    assert set(metrics) == {"fid", "kid", "precision", "recall", "isc", "isc_splits_std"}
+    assert all(math.isfinite(v) for v in metrics.values()) and metrics["isc"] >= 1
 
 
 def test_lpips_reads_local_backbone_weights(tmp_path):

@@ -57,8 +57,9 @@ def test_metrics_through_torch_fidelity(classifier_pt, digits):
     real = fidelity_metrics(a, b, name, kid_subset=300)
     noisy = fidelity_metrics(a + 0.8 * torch.randn(a.shape, generator=torch.Generator().manual_seed(0)), b, name,
                              kid_subset=300)
-    assert set(real) == {"fid", "kid", "precision", "recall"}
+    assert set(real) == {"fid", "kid", "precision", "recall", "isc", "isc_splits_std"}
     assert 0 <= real["fid"] < noisy["fid"] and real["kid"] < noisy["kid"]
+    assert 8 < real["isc"] <= 10 and real["isc"] > noisy["isc"]       # 10 classes, confidently told apart
     assert real["precision"] > noisy["precision"] and real["recall"] > 0.5
 
 

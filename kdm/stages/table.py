@@ -100,7 +100,7 @@ def latent(metric_files) -> pd.DataFrame:
     for key, header in LATENT.items():
         if key in mean:
             chance = mean.get(f"chance_{key.partition('_')[2] or 'label'}") if key.startswith("knn") else None
-            out[header] = [cell(v, s) + ("" if chance is None else f" (chance {c:.2f})")
+            out[header] = [cell(v, s) + ("" if chance is None or missing(v) else f" (chance {c:.2f})")
                            for v, s, c in zip(mean[key], std[key], chance if chance is not None else mean[key])]
     return out.reset_index()
 
