@@ -107,9 +107,12 @@ def test_reference_stage_from_folder_zip_and_npz(tmp_path, monkeypatch, inceptio
     # an evaluation with Inception measures FID against these statistics: ~0 for the real images themselves
     params = {"x": {"data": data, "evaluate": {"extractor": extractor, "batch": 6}}}
     folder = ImageFolder(path, 32, 3, classes=0)
-    got = Quality(folder, params["x"]["evaluate"], dag.evaluate_teacher(params, "x").deps)(
-        torch.stack([folder[i] for i in range(N)]), None)
+    quality = Quality(folder, params["x"]["evaluate"], dag.evaluate_teacher(params, "x").deps)
+    got = quality(torch.stack([folder[i] for i in range(N)]), None)
     assert set(got) == {"fid", "isc", "isc_splits_std", "extractor"} and got["isc"] >= 1
+    # the latent analysis's labels where Inception has no classes: k-means clusters of its pool features
+    labels, features, described = quality.semantics(torch.stack([folder[i] for i in range(N)]), clusters=3, seed=0)
+    assert features.shape == (N, 2048) and sorted(set(labels.tolist())) == [0, 1, 2] and "3 clusters" in described
     assert abs(got["fid"]) < 1e-3 * np.trace(stats["zip"]["sigma"])
     # a precomputed .npz (EDM's fid-refs layout) is checked and taken as it is; the data set is not read
     np.savez(tmp_path / "refs.npz", mu=stats["zip"]["mu"].astype(np.float32), sigma=stats["zip"]["sigma"])
