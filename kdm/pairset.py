@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kdm.edm import nfe
 from kdm.io import atomic_path, sha256_file
 from kdm.provenance import code_revision
 
@@ -154,7 +155,7 @@ def card(manifest: dict) -> str:
               "## Sampler", ""]
     if "steps" in sampler:
         lines.append(f"EDM's deterministic Heun sampler (Algorithm 1 with S_churn 0: no stochastic churn), "
-                     f"{sampler['steps']} steps = {2 * sampler['steps'] - 1} network evaluations per pair, rho "
+                     f"{sampler['steps']} steps = {nfe(sampler['steps'])} network evaluations per pair, rho "
                      f"{sampler.get('rho')}, sigma from {sampler.get('sigma_max')} to {sampler.get('sigma_min')} then 0; "
                      f"precision {meta.get('precision', 'fp32')}"
                      + (f", batch {meta['batch']} (a short last batch padded to it, so a pair does not depend on "

@@ -43,6 +43,17 @@ def tex(text: str) -> str:
     return escaped.replace(" ± ", r" $\pm$ ")
 
 
+def tabular(text: pd.DataFrame, cols: str, heading: str | None = None) -> list[str]:
+    """A booktabs tabular of a table of cells (every header and cell escaped), with an optional bold heading row
+    across its columns: the lines from \\begin{tabular} to \\end{tabular}."""
+    lines = [f"\\begin{{tabular}}{{{cols}}}", r"\toprule"]
+    if heading is not None:
+        lines += [f"\\multicolumn{{{len(text.columns)}}}{{l}}{{\\textbf{{{tex(heading)}}}}} \\\\", r"\midrule"]
+    lines += [" & ".join(tex(c) for c in text.columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(tex(str(v)) for v in row) + r" \\" for row in text.itertuples(index=False)]
+    return lines + [r"\bottomrule", r"\end{tabular}"]
+
+
 PUBLISHED_KEYS = {"experiment", "model", "params", "pairs", "nfe", "fid", "isc", "source", "reference"}
 PUBLISHED_REQUIRED = {"experiment", "model", "source", "reference"}
 

@@ -17,7 +17,7 @@ import pandas as pd
 from kdm import plots
 from kdm.config import point_settings
 from kdm.io import atomic_path, read_json, write_json
-from kdm.reporting import LOWER_IS_BETTER, METRICS, cell, headline, published_rows, tex
+from kdm.reporting import LOWER_IS_BETTER, METRICS, cell, headline, published_rows, tabular
 
 log = logging.getLogger("kdm.sweep")
 
@@ -60,10 +60,8 @@ def readable(table: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
 
 
 def latex(text: pd.DataFrame, title: str) -> str:
-    lines = [f"% {title}; needs \\usepackage{{booktabs}}", f"\\begin{{tabular}}{{ll{'r' * (len(text.columns) - 2)}}}",
-             r"\toprule", " & ".join(tex(c) for c in text.columns) + r" \\", r"\midrule"]
-    lines += [" & ".join(tex(str(v)) for v in row) + r" \\" for row in text.itertuples(index=False)]
-    return "\n".join(lines + [r"\bottomrule", r"\end{tabular}", ""])
+    return "\n".join([f"% {title}; needs \\usepackage{{booktabs}}", *tabular(text, "ll" + "r" * (len(text.columns) - 2)),
+                      ""])
 
 
 def run(stage, P):
