@@ -9,7 +9,8 @@ calls / kernel launches (torch.profiler). For the teacher: pairs/s of the Heun s
 
 Each per-step number is a difference between two runs of the real training loop on the same synthetic store,
 2 and 2 + `steps` iterations long, after a warm-up run: both runs log and set up alike, so the difference is
-`steps` ordinary steps (no log or checkpoint step among them), divided by `steps`.
+`steps` ordinary steps (no log or checkpoint step among them), divided by `steps`. Times are the fastest of
+`TIMING_REPEATS` runs of each length, since other work on the machine only ever adds time.
 
 Writes <out>/<exp>.json and <out>/<exp>.md.
 """
@@ -187,12 +188,25 @@ class Trainer:
             return time.perf_counter() - t0
 
 
+TIMING_REPEATS = 3
+
+
 def _per_step(measure, steps: int):
     """measure(iterations) at 2 and 2 + steps iterations: (its value for `steps` ordinary steps) / steps."""
     a, b = measure(2), measure(2 + steps)
     if isinstance(a, Counter):
         return {k: (b[k] - a[k]) / steps for k in sorted(set(a) | set(b)) if b[k] != a[k]}
     return (b - a) / steps
+
+
+def _seconds_per_step(run, steps: int) -> float:
+    """Wall seconds of one ordinary step: the fastest of TIMING_REPEATS runs of each length."""
+    seconds = _per_step(lambda n: min(run(n) for _ in range(TIMING_REPEATS)), steps)
+    if seconds <= 0:
+        raise ValueError(f"profile: {steps} steps took no measurable time beyond the loop's setup "
+                           f"({seconds:.3g} s per step; the machine is too busy or the steps too small): "
+                           "raise --steps")
+    return seconds
 
 
 def _profiled(on: torch.device):
@@ -229,7 +243,7 @@ def student(model: str, p: dict, store, variant: str, steps: int, on: torch.devi
     run(2 + steps)                                      # warm-up: compilation, allocator, autotuning
     if on.type == "cuda":
         torch.cuda.reset_peak_memory_stats(on)
-    seconds = _per_step(run, steps)
+    seconds = _seconds_per_step(run, steps)
     # a GPU: the most its allocator held; the CPU: the process's peak RSS (everything it did so far)
     peak_mb = torch.cuda.max_memory_allocated(on) / 2 ** 20 if on.type == "cuda" else \
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 1024 ** 2)
@@ -324,7 +338,8 @@ def profile(P: dict, exp: str, out: Path, on: torch.device, models=("kdm",), var
               "calls that are neither views nor allocations (a CPU's count of kernel launches); kernels: CUDA "
               "device events",
               "flops_method": "torch.utils.flop_counter.FlopCounterMode, eager fp32, per ordinary step",
-              "per_step": f"difference between train_loop runs of 2 and {2 + steps} iterations, / {steps}",
+              "per_step": f"difference between train_loop runs of 2 and {2 + steps} iterations, / {steps}; "
+              f"times the fastest of {TIMING_REPEATS} runs",
               "scale": scale, "width": width, "steps": steps, "rows": rows}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ def profile(tmp_path, *args):
 
 
 def test_profile_of_a_student_and_its_teacher_on_the_cpu(tmp_path):
-    r = profile(tmp_path, "digits", "--scale", "small", "--steps", "2", "--variants", "fp32,fp32+channels_last",
+    r = profile(tmp_path, "digits", "--scale", "small", "--steps", "6", "--variants", "fp32,fp32+channels_last",
                 "--pairs", "fp32,bf16", "--pairs-count", "8")
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads((tmp_path / "digits.json").read_text())
@@ -70,3 +70,10 @@ def test_gpu_script_runs_every_measurement(tmp_path):
         rows = json.loads((tmp_path / name / "digits.json").read_text())["rows"]
         assert [row["variant"] for row in rows] == variants
     assert (tmp_path / "digits.md").read_text().count("# Profile: digits") == 5
+
+
+def test_timing_noise_larger_than_the_steps_is_an_error_not_a_negative_rate():
+    from kdm.profiling import _seconds_per_step
+    assert _seconds_per_step(lambda n: 1.0 + 0.5 * n, 4) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="raise --steps"):
+        _seconds_per_step(lambda n: 3.0 - 0.1 * n, 4)       # the longer run measured faster: noise
