@@ -20,6 +20,9 @@
     python -m kdm export EXP MODEL --seeds 0-49999 --outdir DIR [--subdirs]
                                           # MODEL teacher | kdm-s0 | kd-s1 ...: one PNG per seed, named and drawn
                                           # as EDM's generate.py does (for any external FID tool)
+    python -m kdm export-pairs EXP --format {get,kdm,edm-png} --out DIR [--count N] [--batch B]
+                                          # the store's pairs as GET's, the KDM authors' (kdm-npz) or EDM's data
+                                          # set, with CARD.md and EXPORT.json (kdm/pairexport.py)
     python -m kdm profile EXP [--variants fp32,bf16+channels_last] [--scale small] ...
                                           # a training step's speed, FLOPs, syncs and ops at EXP's sizes, random
                                           # weights, synthetic pairs: results/profile/EXP.{json,md}
@@ -93,6 +96,14 @@ def _parser():
     s.add_argument("--outdir", type=Path, required=True)
     s.add_argument("--subdirs", action="store_true", help="one folder per 1000 seeds, as EDM's --subdirs")
     s.add_argument("--batch", type=int, default=None, help="images per call (default: evaluate.batch)")
+    s = sub.add_parser("export-pairs", help="write the store's pairs as GET's, the KDM authors' or EDM's data set")
+    s.add_argument("exp")
+    s.add_argument("--format", required=True, help="get (GET's latent/ and image/ chunks), kdm (the KDM authors' "
+                   "path<i>.npz; also kdm-npz) or edm-png (EDM's dataset_tool.py folder of x_0 PNGs)")
+    s.add_argument("--out", type=Path, required=True, help="an empty or new folder")
+    s.add_argument("--count", type=int, default=None, help="the first N pairs in seed order (default: all)")
+    s.add_argument("--batch", type=int, default=None, help="get: seeds per sampler batch of the layout (default: "
+                   "the store's pairs batch, else GET's 250)")
     s = sub.add_parser("profile", help="time and count a training step of EXP's students (random weights, "
                        "synthetic pairs) and its teacher's pairs/s: results/profile/EXP.{json,md}")
     s.add_argument("exp")
@@ -226,6 +237,9 @@ def main(argv=None) -> int:
         if a.command == "export":
             _check_experiment(params, a.exp, a.params)
             return _export(params, a)
+        if a.command == "export-pairs":
+            _check_experiment(params, a.exp, a.params)
+            return _export_pairs(a)
         if a.command == "profile":
             _check_experiment(params, a.exp, a.params)
             return _profile(params, a)
@@ -297,6 +311,23 @@ def _export(params, a) -> int:
         print(f"kdm: error: {e}; build it first (snakemake --cores all {runs[a.model]})", file=sys.stderr)
         return 1
     print(f"{a.outdir}: {n} images of {a.exp} {a.model}, seeds {a.seeds[0]}..{a.seeds[-1]}")
+    return 0
+
+
+def _export_pairs(a) -> int:
+    """`export-pairs`: the store in a published trainer's layout (kdm.pairexport); bad input is a one-line error."""
+    store = dag.store_dir(a.exp)
+    if not Path(store).is_dir():
+        print(f"kdm: error: {store}: not built yet; build it first (snakemake --cores all {store})", file=sys.stderr)
+        return 1
+    pairexport = importlib.import_module("kdm.pairexport")      # torch and the library: only now, as for a stage
+    try:
+        r = pairexport.export_pairs(store, a.format, a.out, a.count, a.batch)
+    except (OSError, ValueError) as e:
+        print(f"kdm: error: {e}", file=sys.stderr)
+        return 1
+    print(f"{a.out}: {r['count']} pairs of {a.exp} (seeds {r['seeds'][0]}..{r['seeds'][1]}) as {r['format']}; "
+          f"see {a.out / 'EXPORT.json'}")
     return 0
 
 

@@ -19,6 +19,7 @@ Formats (read from the publishers' own code):
 Output: x0 float32 NCHW, xT = sigma_max * eps float32, seeds int64 in increasing order, labels int64 class
 indices. The manifest's meta records the source (format, path, file count, bytes and a sha256 over the
 list of file hashes), sampler.sigma_max and teacher.label_dim, as the training stage reads them.
+kdm.pairexport writes a store back out in these layouts (and EDM's PNG folder).
 """
 from __future__ import annotations
 
@@ -65,6 +66,12 @@ def get_layout(seed_start: int, count: int, batch: int, world_size: int) -> dict
             seeds = np.concatenate(mine[i:i + GET_CHUNK_BATCHES])
             chunks[int(seeds[-1])] = seeds
     return chunks
+
+
+def noise_to_xT(eps: np.ndarray, sigma_max: float) -> np.ndarray:
+    """x_T = sigma_max * eps in float32, as the import computes it (kdm.pairexport checks its GET latents against
+    this very product, so that an export imports back to the same x_T bytes)."""
+    return np.float32(sigma_max) * eps
 
 
 def _chunk_names(directory: Path) -> dict[int, Path]:
@@ -148,7 +155,7 @@ def read_get(root: Path, sigma_max: float, listing: SourceListing, seed_start: i
             if not 0.5 < z.std() < 2:
                 raise PairSetError(f"{latent[name]}: noise std {z.std():.3g}; expected unit-variance eps "
                                    "(GET stores the noise before scaling by sigma_max)")
-            arrays = {"x0": _floats(x, image[name], "images"), "xT": np.float32(sigma_max) * z}
+            arrays = {"x0": _floats(x, image[name], "images"), "xT": noise_to_xT(z, sigma_max)}
             if labels is not None:
                 arrays["labels"] = _numpy(labels)
             yield root / "{latent,image}" / latent[name].name, seeds - seed_start, arrays
