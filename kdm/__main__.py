@@ -61,6 +61,7 @@ def _parser():
     s.add_argument("exp")
     s.add_argument("shard", type=int)
     sub.add_parser("store").add_argument("exp")
+    sub.add_parser("rederive").add_argument("exp")
     s = sub.add_parser("train")
     s.add_argument("exp")
     s.add_argument("model", choices=dag.STUDENTS)
@@ -189,7 +190,7 @@ def resolve_stage(params: dict, a) -> dag.Stage:
         e = params[a.exp]
         decide = [f"data.kind {e['data']['kind']!r}", f"pairs.source {e['pairs'].get('source', 'teacher')!r}",
                   f"pairs.shards {e['pairs'].get('shards', 0)}", f"train_seeds {e['train_seeds']}",
-                  f"snapshots.every {e['snapshots']['every']}"]
+                  f"snapshots.every {e['snapshots']['every']}", f"a rederive section: {'rederive' in e}"]
         if "extractor" in e["evaluate"]:
             decide.insert(1, f"evaluate.extractor.kind {e['evaluate']['extractor']['kind']!r}")
         raise config.ParamsError(f"{name}: {a.params} gives experiment {a.exp} no such stage ({a.exp} has "
@@ -283,7 +284,7 @@ def _verify(params, a) -> int:
             return 1
         sampling = importlib.import_module("kdm.sampling")      # torch and the library: only now, as for a stage
         try:
-            ok, lines = sampling.rederive(open_pairset(store), a.rederive, a.seed, a.teacher, a.sha256, a.tolerance)
+            ok, lines, _ = sampling.rederive(open_pairset(store), a.rederive, a.seed, a.teacher, a.sha256, a.tolerance)
         except ValueError as e:
             print(f"kdm: error: {e}", file=sys.stderr)
             return 2

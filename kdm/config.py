@@ -103,6 +103,9 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
             if count and used > count:
                 raise ParamsError(f"{source}: {name}.{key}.pairs_used: {used} exceeds {name}.pairs.count = {count}; "
                                   "expected at most the store's pairs")
+        if count and exp.get("rederive", {}).get("count", 0) > count:
+            raise ParamsError(f"{source}: {name}.rederive.count: {exp['rederive']['count']} exceeds {name}.pairs.count "
+                              f"= {count}; expected at most the store's pairs")
         snapshots, ev = exp["snapshots"], exp["evaluate"]
         if snapshots["every"] and snapshots["samples"] > ev["samples"]:      # (schema: samples iff every)
             raise ParamsError(f"{source}: {name}.snapshots.samples: {snapshots['samples']} exceeds "

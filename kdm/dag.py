@@ -180,6 +180,20 @@ def store(exp, shards):
                  log=f"logs/{exp}/store.log", args=dict(exp=exp))
 
 
+def rederive(exp):
+    """Re-sampling some of the store's seeds with the teacher it recorded (params `rederive`): a check that runs
+    after every build of the store. Nothing downstream reads it; the default target asks for it."""
+    return Stage(name=f"{exp}-rederive", cmd=f"python -m kdm rederive {exp}",
+                 deps=Files(store=store_dir(exp), teacher=teacher_pt(exp)), outs=Files(),
+                 metrics=Files(report=f"results/{exp}/rederive.json"), params=(f"{exp}.rederive",),
+                 log=f"logs/{exp}/rederive.log", args=dict(exp=exp))
+
+
+def rederives(params, exp):
+    """The re-derivation stage of `exp`: none without a `rederive` section."""
+    return [rederive(exp)] if "rederive" in params[exp] else []
+
+
 def snapshot_dir(exp, run):
     """A student's EMA snapshots (kdm.training): <iteration>.pt files and index.json, which lists them (none when
     snapshots.every is 0)."""
@@ -395,6 +409,7 @@ def experiment_stages(params, exp) -> list[Stage]:
     out.append(teacher(exp, gpus(params, exp, "teacher")))
     out += [pairs(exp, i) for i in range(shard_count(params, exp))]
     out.append(store(exp, shard_count(params, exp)))
+    out += rederives(params, exp)
     out += [train(exp, m, s, gpus(params, exp, m)) for m in STUDENTS for s in params[exp]["train_seeds"]]
     return out + list(evaluations(params, exp)) + curves(params, exp)
 

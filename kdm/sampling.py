@@ -78,25 +78,26 @@ def sample(net, seeds: np.ndarray, sampler: dict, batch: int, desc: str, partial
 
 @torch.inference_mode()
 def rederive(store, n: int, seed: int, teacher: Path | None = None, sha256: str | None = None,
-             tolerance: float = 0.0) -> tuple[bool, list[str]]:
+             tolerance: float = 0.0) -> tuple[bool, list[str], dict]:
     """Re-sample `n` seeds of a pair set (drawn with `seed`, without replacement) with the teacher and sampler it
     recorded, and compare x_T, labels and x_0 with what it holds: bitwise (tolerance 0: the same device and
     precision as recorded; the noise and labels are drawn on the CPU, so they match bitwise anywhere), else
     within `tolerance` (largest absolute difference). `teacher`: a teacher model file for a pair set that
-    recorded none (an imported one); `sha256`: the hash that file must have. Returns (ok, report lines)."""
+    recorded none (an imported one); `sha256`: the hash that file must have. Returns (ok, report lines,
+    the largest absolute difference of each array compared)."""
     meta, lines = store.meta, []
     if teacher is None:
         if "source" in meta:
             return False, [f"{store.path}: imported from {meta['source'].get('format')} "
                            f"({meta['source'].get('path')}): it records no teacher that made it; name one with "
-                           "--teacher PATH (a teacher model file, e.g. results/<exp>/teacher/model.pt) and --sha256"]
+                           "--teacher PATH (a teacher model file, e.g. results/<exp>/teacher/model.pt) and --sha256"], {}
         teacher, sha256 = Path(meta["teacher"]["path"]), meta["teacher"]["sha256"]
     if not Path(teacher).is_file():
-        return False, [f"teacher {teacher}: missing; the pairs were made by a file with sha256 {sha256}"]
+        return False, [f"teacher {teacher}: missing; the pairs were made by a file with sha256 {sha256}"], {}
     have = sha256_file(teacher)
     if sha256 is not None and have != sha256:
         return False, [f"teacher {teacher}: sha256 {have}, but the pairs record {sha256}: not the teacher that "
-                       "made them"]
+                       "made them"], {}
     lines.append(f"teacher {teacher}: sha256 {have}" + (" (as recorded)" if sha256 else " (no hash to check against)"))
     if n > len(store):
         raise ValueError(f"--rederive {n}: the pair set holds {len(store)} pairs; expected at most that")
@@ -107,7 +108,7 @@ def rederive(store, n: int, seed: int, teacher: Path | None = None, sha256: str 
     net = load_model(teacher, to=device())
     got = sample(net, seeds, meta["sampler"], meta.get("batch", len(seeds)), desc="rederive",
                  precision=meta.get("precision", "fp32"))
-    ok = True
+    ok, largest = True, {}
     for name in ("xT", "labels", "x0"):
         if name not in store.arrays and name not in got:
             continue
@@ -119,10 +120,11 @@ def rederive(store, n: int, seed: int, teacher: Path | None = None, sha256: str 
         want = np.asarray(store[name])[rows]
         diff = np.abs(want.astype(np.float64) - got[name].astype(np.float64)).reshape(n, -1).max(1)
         bad = seeds[diff > tolerance]
+        largest[name] = float(diff.max())
         lines.append(f"{name}: largest difference {diff.max():.3g}" + (" (bitwise equal)" if not diff.any() else "")
                      + (f"; {len(bad)} seeds beyond {tolerance:g}: {', '.join(map(str, bad[:50]))}" if len(bad) else ""))
         ok &= not len(bad)
-    return ok, lines
+    return ok, lines, largest
 
 
 @torch.inference_mode()

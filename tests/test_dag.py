@@ -42,7 +42,7 @@ def test_snakemake_and_dvc_run_the_same_jobs(tmp_path, params, which):
         cmd, gpu = re.search(r"^Shell command: (.+)$", job, re.M), re.search(r"^\s+resources: .*\bgpu=(\d+)", job, re.M)
         if cmd and gpu:
             gpus[cmd.group(1).strip()] = int(gpu.group(1))
-    assert {cmd.split(" kdm ")[1].split()[0] for cmd in gpus} == {"teacher", "pairs", "train"}
+    assert {cmd.split(" kdm ")[1].split()[0] for cmd in gpus} == {"teacher", "pairs", "rederive", "train"}
     assert all(n == (2 if cmd.startswith(launcher) else 1) for cmd, n in gpus.items()), gpus
 
 

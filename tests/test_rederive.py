@@ -2,12 +2,14 @@
 recorded teacher and sampler gives the store's bytes, and a flipped x_0 value, a shuffled seed, a changed label,
 another teacher and an imported set without a teacher are each caught and named - also when the manifest's
 hashes were rewritten to fit (what the plain byte check cannot see)."""
+import json
 import shutil
 import sys
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from kdm import dag
 from kdm.models import load_model, save_model
@@ -19,12 +21,13 @@ from conftest import tiny_digits
 from workspace import Workspace
 
 EXP = "digits-cond"
+REPORT = dag.rederive(EXP).metrics.report
 
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
     ws = Workspace(tmp_path_factory.mktemp("rederive"), tiny_digits(EXP))      # 128 conditional pairs
-    ws.snakemake(dag.store_dir(EXP), f"results/{EXP}/eval/teacher/samples")
+    ws.snakemake(dag.store_dir(EXP), f"results/{EXP}/eval/teacher/samples", REPORT)
     return ws
 
 
@@ -58,7 +61,7 @@ def test_a_clean_store_rederives_bitwise(ws):
 ])
 def test_forged_pairs_are_caught_naming_their_seeds(ws, tmp_path, change, array, seeds, caught):
     store = forged(ws, tmp_path, change)
-    ok, lines = rederive(store, len(store), seed=0)
+    ok, lines, _ = rederive(store, len(store), seed=0)
     assert not ok
     (line,) = [line for line in lines if line.startswith(f"{array}:")]
     assert f"{len(seeds)} seeds beyond 0: {', '.join(map(str, seeds))}" in line, lines
@@ -73,13 +76,13 @@ def test_another_teacher_and_an_imported_set_are_refused(ws, tmp_path):
     save_model(other, "teacher", torch.load(ws.path / "results" / EXP / "teacher/model.pt")["kwargs"], teacher,
                teacher.data_shape)
     store = forged(ws, tmp_path, lambda a, m: m["teacher"].update(path=str(other)))
-    ok, lines = rederive(store, 4, seed=0)
+    ok, lines, _ = rederive(store, 4, seed=0)
     assert not ok and "not the teacher that made them" in lines[0]
     shutil.rmtree(tmp_path / "store")
     store = forged(ws, tmp_path, lambda a, m: m.update(source={"format": "get", "path": "/data/get"}))
-    ok, lines = rederive(store, 4, seed=0)
+    ok, lines, _ = rederive(store, 4, seed=0)
     assert not ok and "records no teacher that made it" in lines[0]
-    ok, lines = rederive(store, 4, seed=0, teacher=ws.path / "results" / EXP / "teacher/model.pt")
+    ok, lines, _ = rederive(store, 4, seed=0, teacher=ws.path / "results" / EXP / "teacher/model.pt")
     assert ok, lines                # the experiment's own teacher made these (they are the store's own pairs)
 
 
@@ -107,3 +110,27 @@ def test_every_pair_set_has_a_card_made_from_its_manifest(ws):
                                                                      "files": 3, "seeds": "row index"}}}
     assert "## Imported\n\nFrom a get pair set at /data/get/pairs; what the import read and assumed: files 3; " \
            "seeds row index." in card(imported)
+
+
+def test_the_rederive_stage_checks_every_build_of_the_store(ws, tmp_path):
+    """params `rederive`: the pipeline's own stage (both tools) re-samples the store's seeds after it is built and
+    reports the largest differences; on a store that differs from its teacher it fails naming the seed, and
+    writes no report."""
+    report = json.loads((ws.path / REPORT).read_text())
+    assert report["rederived"] == 8 and report["pairs"] == 128
+    assert report["largest_difference"] == {"xT": 0.0, "labels": 0.0, "x0": 0.0}
+    assert yaml.safe_load((ws.path / "dvc.yaml").read_text())["stages"][f"{EXP}-rederive"]["cmd"] == \
+        f"python -m kdm rederive {EXP}"
+    (tmp_path / "w").mkdir()
+    copy = Workspace(tmp_path / "w", tiny_digits(EXP))
+    shutil.copytree(ws.path / "results", copy.path / "results")
+    rows = open_pairset(copy.path / dag.store_dir(EXP))["seeds"]
+    chosen = np.sort(np.random.default_rng(0).choice(len(rows), size=8, replace=False))      # the stage's draw
+    forged_store = forged(ws, tmp_path, lambda a, m: a["x0"].__setitem__(chosen[2], a["x0"][chosen[2]] * 1.001))
+    shutil.rmtree(copy.path / dag.store_dir(EXP))
+    shutil.copytree(forged_store.path, copy.path / dag.store_dir(EXP))
+    (copy.path / REPORT).unlink()
+    r = copy.run(sys.executable, "-m", "kdm", "rederive", EXP, check=False)
+    log = (copy.path / dag.rederive(EXP).log).read_text()
+    assert r.returncode == 1 and f"1 seeds beyond 0: {rows[chosen[2]]}" in log, log[-2000:]
+    assert not (copy.path / REPORT).exists()

@@ -36,3 +36,21 @@ rule store:
         pairs=section("pairs"),
     shell:
         "python -m kdm store {wildcards.exp}"
+
+
+rule rederive:
+    input:
+        store="results/{exp}/store",
+        teacher="results/{exp}/teacher/model.pt",
+    output:
+        report="results/{exp}/rederive.json",
+    log:
+        "logs/{exp}/rederive.log",
+    conda:
+        "../envs/kdm.yaml"
+    resources:
+        gpu=1,  # re-samples on the device that made the pairs, for a bitwise comparison
+    params:
+        rederive=section("rederive"),
+    shell:
+        "python -m kdm rederive {wildcards.exp}"
