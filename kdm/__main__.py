@@ -108,7 +108,8 @@ def _parser():
     s = sub.add_parser("profile", help="time and count a training step of EXP's students (random weights, "
                        "synthetic pairs) and its teacher's pairs/s: results/profile/EXP.{json,md}")
     s.add_argument("exp")
-    s.add_argument("--models", type=_names, default=["kdm"], help="students, comma-separated (default kdm)")
+    s.add_argument("--models", type=_names, default=["kdm"], help="students and teacher (trained on the "
+                   "experiment's data), comma-separated (default kdm)")
     s.add_argument("--variants", type=_names, default=["fp32"],
                    help="training variants, comma-separated: fp32 or bf16, then +channels_last, +compile, "
                    "+compile=blocks, +cudagraphs (e.g. bf16+compile=blocks); none: no student (default fp32)")
@@ -119,6 +120,7 @@ def _parser():
     s.add_argument("--width", type=int, default=None, help="model_channels of every UNet")
     s.add_argument("--batch", type=int, default=None, help="training batch (default: the experiment's)")
     s.add_argument("--steps", type=int, default=5, help="steps measured per variant (default 5)")
+    s.add_argument("--repeats", type=int, default=3, help="runs of each length; the fastest counts (default 3)")
     s.add_argument("--pairs-batch", type=int, default=None, help="teacher batch (default: pairs.batch)")
     s.add_argument("--pairs-count", type=int, default=None, help="pairs timed (default: two batches)")
     s.add_argument("--out", type=Path, default=Path("results/profile"), help="output folder (default results/profile)")
@@ -334,16 +336,16 @@ def _export_pairs(a) -> int:
 
 def _profile(params, a) -> int:
     """`profile`: kdm.profiling at the experiment's sizes; a bad variant or model is an argument error (2)."""
-    bad = [m for m in a.models if m not in dag.STUDENTS]
-    if bad or min(a.steps, a.batch or 1, a.width or 1, a.pairs_batch or 1, a.pairs_count or 1) < 1:
-        raise config.ParamsError(f"profile: models are {', '.join(dag.STUDENTS)} (got {bad}); --steps, --batch, "
-                                 "--width, --pairs-batch and --pairs-count are positive")
+    bad = [m for m in a.models if m not in (*dag.STUDENTS, "teacher")]
+    if bad or min(a.steps, a.repeats, a.batch or 1, a.width or 1, a.pairs_batch or 1, a.pairs_count or 1) < 1:
+        raise config.ParamsError(f"profile: models are {', '.join(dag.STUDENTS)}, teacher (got {bad}); --steps, "
+                                 "--repeats, --batch, --width, --pairs-batch and --pairs-count are positive")
     profiling = importlib.import_module("kdm.profiling")     # torch and the library: only now, as for a stage
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     try:
         r = profiling.profile(params[a.exp], a.exp, a.out, importlib.import_module("kdm.device").device(),
                               a.models, a.variants, a.pairs, a.scale, a.width, a.batch, a.steps, a.pairs_batch,
-                              a.pairs_count)
+                              a.pairs_count, a.repeats)
     except (OSError, ValueError) as e:
         print(f"kdm: error: {e}", file=sys.stderr)
         return 1

@@ -10,7 +10,7 @@ calls / kernel launches (torch.profiler). For the teacher: pairs/s of the Heun s
 Each per-step number is a difference between two runs of the real training loop on the same synthetic store,
 2 and 2 + `steps` iterations long, after a warm-up run: both runs log and set up alike, so the difference is
 `steps` ordinary steps (no log or checkpoint step among them), divided by `steps`. Times are the fastest of
-`TIMING_REPEATS` runs of each length, since other work on the machine only ever adds time.
+`repeats` runs of each length (default 3), since other work on the machine only ever adds time.
 
 Writes <out>/<exp>.json and <out>/<exp>.md.
 """
@@ -41,7 +41,7 @@ from kdm.pairset import open_pairset, write_pairset
 from kdm.provenance import code_revision
 from kdm.sampling import sample
 from kdm.teachers import SONGUNET_SIZES
-from kdm.training import student_setup, train_loop
+from kdm.training import student_setup, teacher_setup, train_loop
 
 # dense bf16 tensor-core peaks from the vendors' data sheets, TFLOP/s (SXM parts), by a part of the device name
 PEAKS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.0, "A10G": 70.0}
@@ -168,12 +168,17 @@ def synthetic_store(directory: Path, shape, label_dim: int, rows: int, sigma_max
 
 
 class Trainer:
-    """A student (random weights) on a store, trained by train_loop for a given number of steps, again and
-    again: the same networks each time, so that what torch.compile made once serves every run."""
+    """A student (random weights) on a store, or the teacher on the experiment's data, trained by train_loop for
+    a given number of steps, again and again: the same networks each time, so that what torch.compile made once
+    serves every run."""
 
-    def __init__(self, model: str, p: dict, store, on: torch.device):
+    def __init__(self, model: str, p: dict, source, on: torch.device):
+        """`source`: a pair store for a student, the data set (kdm.datasets) for the teacher."""
         self.model, self.p, self.on = model, p, on
-        self.net, _, self.batch_losses, self.companions = student_setup(model, p, store, 0, on)
+        if model == "teacher":
+            (self.net, _, self.batch_losses), self.companions = teacher_setup(p, source, on), {}
+        else:
+            self.net, _, self.batch_losses, self.companions = student_setup(model, p, source, 0, on)
 
     def __call__(self, iterations: int, context=None) -> float:
         """Seconds of a train_loop of `iterations` steps (it logs at the first and the last), inside `context`."""
@@ -188,9 +193,6 @@ class Trainer:
             return time.perf_counter() - t0
 
 
-TIMING_REPEATS = 3
-
-
 def _per_step(measure, steps: int):
     """measure(iterations) at 2 and 2 + steps iterations: (its value for `steps` ordinary steps) / steps."""
     a, b = measure(2), measure(2 + steps)
@@ -199,14 +201,15 @@ def _per_step(measure, steps: int):
     return (b - a) / steps
 
 
-def _seconds_per_step(run, steps: int) -> float:
-    """Wall seconds of one ordinary step: the fastest of TIMING_REPEATS runs of each length."""
-    seconds = _per_step(lambda n: min(run(n) for _ in range(TIMING_REPEATS)), steps)
-    if seconds <= 0:
-        raise ValueError(f"profile: {steps} steps took no measurable time beyond the loop's setup "
-                           f"({seconds:.3g} s per step; the machine is too busy or the steps too small): "
-                           "raise --steps")
-    return seconds
+def seconds_per_step(run, steps: int, repeats: int = 3, attempts: int = 3) -> float:
+    """Wall seconds of one ordinary step: the fastest of `repeats` runs of each length; measured again (up to
+    `attempts` times) while the difference is not positive, as when other work took the cores."""
+    for _ in range(attempts):
+        seconds = _per_step(lambda n: min(run(n) for _ in range(repeats)), steps)
+        if seconds > 0:
+            return seconds
+    raise ValueError(f"profile: {steps} steps took no measurable time beyond the loop's setup ({seconds:.3g} s "
+                     "per step; the machine is too busy or the steps too small): raise --steps")
 
 
 def _profiled(on: torch.device):
@@ -236,23 +239,51 @@ def _ops(events) -> Counter:
     return out
 
 
-def student(model: str, p: dict, store, variant: str, steps: int, on: torch.device, flops: float) -> dict:
-    """One row: a variant's per-step costs for `model`."""
+# the ranges train_loop marks (record_function "kdm:<phase>"); data and the adversary lie within losses
+PHASES = ("data", "losses", "adversary", "backward", "optimizer", "ema")
+
+
+def _phases(events, skip: int = 2) -> dict:
+    """Milliseconds per step in each phase of a profiled run, each exclusive and the median over its steps after
+    the first `skip` (robust to other work taking the cores for a moment): forward is the losses' own time
+    (without the batch's rows and the adversary); other is the rest of a step (from one step's losses to the
+    next one's: logging, the loop's Python, the profiler's own cost)."""
+    spans = {k: [] for k in PHASES}
+    for e in events:
+        if e.name.startswith("kdm:") and e.name[4:] in spans:
+            spans[e.name[4:]].append((e.time_range.start, e.time_range.elapsed_us() / 1e3))
+    ms = {}
+    for k, got in spans.items():
+        got = [d for _, d in sorted(got)[skip:]]
+        ms[k] = float(np.median(got)) if got else 0.0
+    starts = [t for t, _ in sorted(spans["losses"])[skip:]]
+    step = float(np.median(np.diff(starts))) / 1e3 if len(starts) > 1 else 0.0
+    return {"data": ms["data"], "forward": ms["losses"] - ms["data"] - ms["adversary"], "adversary": ms["adversary"],
+            "backward": ms["backward"], "optimizer": ms["optimizer"], "ema": ms["ema"],
+            "other": step - ms["losses"] - ms["backward"] - ms["optimizer"] - ms["ema"]}
+
+
+def student(model: str, p: dict, store, variant: str, steps: int, on: torch.device, flops: float,
+            repeats: int = 3) -> dict:
+    """One row: a variant's per-step costs for `model` (`store`: the teacher's data set)."""
     p = {**p, **parse_variant(variant)}
     run = Trainer(model, p, store, on)
     run(2 + steps)                                      # warm-up: compilation, allocator, autotuning
     if on.type == "cuda":
         torch.cuda.reset_peak_memory_stats(on)
-    seconds = _seconds_per_step(run, steps)
+    seconds = seconds_per_step(run, steps, repeats)
     # a GPU: the most its allocator held; the CPU: the process's peak RSS (everything it did so far)
     peak_mb = torch.cuda.max_memory_allocated(on) / 2 ** 20 if on.type == "cuda" else \
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 1024 ** 2)
 
-    def counts(n):          # syncs and ops of the same runs
+    events = []
+
+    def counts(n):          # syncs and ops of the same runs; the phases of the longer one
         syncs, prof = Syncs(on), _profiled(on)
         with syncs:
             run(n, prof)
-        return Counter({f"sync {k}": v for k, v in syncs.count.items()}) + _ops(prof.events())
+        events[:] = prof.events()
+        return Counter({f"sync {k}": v for k, v in syncs.count.items()}) + _ops(events)
     per_step_ops = _per_step(counts, steps)
     peak = device_peak(on)
     tflops = flops / seconds / 1e12
@@ -262,7 +293,8 @@ def student(model: str, p: dict, store, variant: str, steps: int, on: torch.devi
             "syncs_per_step": {k[5:]: v for k, v in per_step_ops.items() if k.startswith("sync ")},
             "aten_ops_per_step": per_step_ops.get("aten_ops", 0.0),
             "compute_ops_per_step": per_step_ops.get("compute_ops", 0.0),
-            "kernels_per_step": per_step_ops.get("kernels") if on.type == "cuda" else None}
+            "kernels_per_step": per_step_ops.get("kernels") if on.type == "cuda" else None,
+            "phases_ms_per_step": _phases(events)}
 
 
 def step_flops(model: str, p: dict, store, steps: int, on: torch.device) -> float:
@@ -301,7 +333,7 @@ def device_peak(on: torch.device) -> float | None:
 
 def profile(P: dict, exp: str, out: Path, on: torch.device, models=("kdm",), variants=("fp32",),
             pair_precisions=("fp32",), scale: str = "paper", width: int | None = None, batch: int | None = None,
-            steps: int = 5, pairs_batch: int | None = None, pairs: int | None = None) -> dict:
+            steps: int = 5, pairs_batch: int | None = None, pairs: int | None = None, repeats: int = 3) -> dict:
     """Measure and write <out>/<exp>.json and .md; returns the JSON's content."""
     for v in variants:
         parse_variant(v)                                # every variant checked before any work
@@ -315,20 +347,28 @@ def profile(P: dict, exp: str, out: Path, on: torch.device, models=("kdm",), var
     with tempfile.TemporaryDirectory(prefix="kdm-profile-") as tmp:
         tmp = Path(tmp)
         for model in models:
-            p = dict(E[model])
+            if model == "teacher":          # the EDM loss on the experiment's own data
+                if E["teacher"].get("source", "train") != "train":
+                    raise ValueError(f"models: {exp}'s teacher is loaded (teacher.source "
+                                     f"{E['teacher']['source']}), not trained: nothing to profile")
+                p, source = {**E["teacher"], "net": setup["teacher"]["net"]}, datasets.make(E["data"])
+            else:
+                p = dict(E[model])
             p["batch"] = batch or (8 if small else p["batch"])
-            if p["rec_loss"]["kind"] == "lpips":
-                p["rec_loss"] = random_lpips(p["rec_loss"], tmp)
-            store = synthetic_store(tmp / model, setup["shape"], setup["label_dim"], max(4 * p["batch"], 64),
-                                    E["sampler"]["sigma_max"])
-            flops = step_flops(model, p, store, steps, on)
-            rows += [student(model, p, store, v, steps, on, flops) for v in variants]
+            if model != "teacher":
+                if p["rec_loss"]["kind"] == "lpips":
+                    p["rec_loss"] = random_lpips(p["rec_loss"], tmp)
+                source = synthetic_store(tmp / model, setup["shape"], setup["label_dim"], max(4 * p["batch"], 64),
+                                         E["sampler"]["sigma_max"])
+            flops = step_flops(model, p, source, steps, on)
+            rows += [student(model, p, source, v, steps, on, flops, repeats) for v in variants]
         pb = pairs_batch or (8 if small else E["pairs"]["batch"])
         rows += [teacher_pairs(setup["teacher"], E["sampler"], pb, pairs or 2 * pb, prec, on)
                  for prec in pair_precisions]
     peak = device_peak(on)
     name = torch.cuda.get_device_name(on) if on.type == "cuda" else \
-        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, bf16 " + \
+        ("native" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "emulated: slower than fp32") + ")"
     result = {"experiment": exp, "device": name, "torch": torch.__version__, "code": code_revision(),
               "peak_tflops": peak,
               "peak": f"dense bf16 tensor-core peak {peak} TFLOP/s (data sheet), for every precision" if peak else
@@ -338,9 +378,13 @@ def profile(P: dict, exp: str, out: Path, on: torch.device, models=("kdm",), var
               "calls that are neither views nor allocations (a CPU's count of kernel launches); kernels: CUDA "
               "device events",
               "flops_method": "torch.utils.flop_counter.FlopCounterMode, eager fp32, per ordinary step",
+              "phases_method": "train_loop's record_function ranges under torch.profiler, the median over the "
+              "profiled run's steps after the first 2, host time (on a GPU the time to launch), exclusive: forward "
+              "without the batch's rows and the adversary (its forward, backward and step, and the student's "
+              "term), other the rest of a step",
               "per_step": f"difference between train_loop runs of 2 and {2 + steps} iterations, / {steps}; "
-              f"times the fastest of {TIMING_REPEATS} runs",
-              "scale": scale, "width": width, "steps": steps, "rows": rows}
+              f"times the fastest of {repeats} runs",
+              "scale": scale, "width": width, "steps": steps, "repeats": repeats, "rows": rows}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / f"{exp}.json") as tmp:
@@ -355,8 +399,8 @@ def markdown(r: dict) -> str:
         if isinstance(v, dict):
             return ", ".join(f"{k} {n:g}" for k, n in v.items()) or "0"
         return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
-    train = [x for x in r["rows"] if x["model"] != "teacher"]
-    teach = [x for x in r["rows"] if x["model"] == "teacher"]
+    train = [x for x in r["rows"] if "it_per_s" in x]
+    teach = [x for x in r["rows"] if "pairs_per_s" in x]
     lines = [f"# Profile: {r['experiment']}", "",
              f"{r['device']}, torch {r['torch']}, code {r['code'] or 'unknown'}; scale {r['scale']}"
              + (f", width {r['width']}" if r["width"] else "") + ".", "",
@@ -368,6 +412,11 @@ def markdown(r: dict) -> str:
     if train:
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(fmt(x[c]) for c in cols) + " |" for x in train]
+        names = list(train[0]["phases_ms_per_step"])
+        lines += ["", f"Where a step's time goes (ms per step; {r['phases_method']}):", "",
+                  "| model | variant | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 2)]
+        lines += [f"| {x['model']} | {x['variant']} | " + " | ".join(f"{x['phases_ms_per_step'][n]:.3g}" for n in names)
+                  + " |" for x in train]
         lines.append("")
     if teach:
         cols = ["variant", "batch", "pairs", "pairs_per_s"]

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 from kdm.koopman import make_operator
 from kdm.nets import Discriminator, count_params, make_net, one_hot
@@ -197,6 +198,7 @@ class Adversary:
         fuse(self.opt, next(self.disc.parameters()).device)
         return self
 
+    @record_function("kdm:adversary")      # its own forward, backward and step, and the student's term's forward
     def losses(self, real, fake) -> dict:
         bce = F.binary_cross_entropy_with_logits
         d_real, d_fake = self.disc(real), self.disc(fake.detach())

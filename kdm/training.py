@@ -16,10 +16,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.profiler import record_function
 from tqdm import tqdm
 
 from kdm import plots
 from kdm.device import rank_batch, ranks
+from kdm.edm import edm_loss
 from kdm.io import atomic_path, write_json
 from kdm.models import build, save_model
 from kdm.optim import adam, fuse, step
@@ -221,14 +223,18 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
         if optim["lr_schedule"] == "cosine":
             for group in opt.param_groups:
                 group["lr"] = optim["lr"] * 0.5 * (1 + math.cos(math.pi * it / iters))
-        with torch.autocast(on.type, dtype=torch.bfloat16, enabled=bf16):
+        # "kdm:<phase>" ranges: where a step's time goes, for `python -m kdm profile` (free without a profiler)
+        with torch.autocast(on.type, dtype=torch.bfloat16, enabled=bf16), record_function("kdm:losses"):
             terms = losses(gen)
         terms = {k: v.float() for k, v in terms.items()}       # the same tensors in fp32
         loss = sum(weights.get(k, 1.0) * v for k, v in terms.items() if v.requires_grad)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        step(opt, model.parameters(), grad_clip)
-        ema.update(model)
+        with record_function("kdm:backward"):
+            loss.backward()
+        with record_function("kdm:optimizer"):
+            step(opt, model.parameters(), grad_clip)
+        with record_function("kdm:ema"):
+            ema.update(model)
         logged = dict(loss=loss, **terms)
         if world > 1:       # every rank sees the mean over ranks: they stop alike and rank 0 logs the mean
             mean = torch.stack([v.detach() for v in logged.values()])
@@ -326,6 +332,21 @@ def student_kwargs(model: str, p: dict, data_shape, sigma_max: float, label_dim:
     return kwargs
 
 
+def teacher_setup(t: dict, data, on):
+    """A teacher (params section `t`) ready to train on `data` (kdm.datasets) with the EDM loss: (net, its kwargs,
+    batch_losses(gen)). The teacher stage runs it to the end; the profile times a few of its steps."""
+    kwargs = dict(data_shape=list(data.shape), net=t["net"], sigma_data=t["sigma_data"], label_dim=data.label_dim)
+    net = build("teacher", kwargs, seed=t["seed"])
+    batch = rank_batch(t["batch"], "teacher.batch")      # this process's share (torchrun: of WORLD_SIZE)
+
+    def batch_losses(gen):
+        with record_function("kdm:data"):
+            x0, labels = data.sample(batch, gen)
+            x0, labels = x0.to(on), None if labels is None else labels.to(on)
+        return {"edm": edm_loss(net, x0, gen, t["P_mean"], t["P_std"], labels)}
+    return net, kwargs, batch_losses
+
+
 def student_setup(model: str, p: dict, store, seed: int, on):
     """A student ready to train on `store`: (net, its kwargs, batch_losses(gen), companions).
     The train stage runs it to the end; the benchmark times a few of its steps."""
@@ -350,7 +371,8 @@ def student_setup(model: str, p: dict, store, seed: int, on):
         order = companions["order"] = EpochOrder(n, p["batch"], seed)
 
     def batch_losses(gen):
-        got = rows(torch.from_numpy(order.next_rows()) if order else batch_indices(n, batch, gen))
+        with record_function("kdm:data"):
+            got = rows(torch.from_numpy(order.next_rows()) if order else batch_indices(n, batch, gen))
         return net.losses(got["x0"], got["xT"], gen, rec=rec, labels=got.get("labels"), **extra)
     return net, kwargs, batch_losses, companions
 

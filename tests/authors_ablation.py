@@ -23,14 +23,13 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))      # run as a script: the tests' workspace module beside it
-from workspace import merge  # noqa: E402
+from workspace import add_store_arguments, checkerboard_store, merge  # noqa: E402
 
-from kdm import config, dag, datasets  # noqa: E402
+from kdm import config, datasets  # noqa: E402
 from kdm.device import device  # noqa: E402
 from kdm.edm import seed_latents  # noqa: E402
 from kdm.io import atomic_path  # noqa: E402
 from kdm.metrics import Quality  # noqa: E402
-from kdm.pairset import open_pairset  # noqa: E402
 from kdm.sampling import one_step  # noqa: E402
 from kdm.training import student_setup, train_loop  # noqa: E402
 
@@ -109,23 +108,14 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--params", default="params.yaml")
-    p.add_argument("--experiment", default="checkerboard", help="an experiment with checkerboard data")
-    p.add_argument("--store", help="the pair store (default: the experiment's, results/<experiment>/store/)")
+    add_store_arguments(p)
     p.add_argument("--iterations", type=int, default=3000)
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     p.add_argument("--variants", nargs="+", default=list(variants()), choices=list(variants()))
     p.add_argument("--out", default="results/authors-ablation", help="writes OUT.csv and OUT.md")
     a = p.parse_args(argv)
-    params = config.load(a.params)
-    if a.experiment not in params or params[a.experiment]["data"]["kind"] != "checkerboard":
-        p.error(f"--experiment {a.experiment}: expected an experiment of {a.params} with checkerboard data")
-    store_path = Path(a.store or dag.store_dir(a.experiment))
-    if not (store_path / "manifest.json").is_file():
-        p.error(f"--store {store_path}: no pair store there; make it first: "
-                f"snakemake --cores all {dag.store_dir(a.experiment)}")
-    store = open_pairset(store_path)
+    params, store_path, store = checkerboard_store(p, a)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     csv = out.with_suffix(".csv")

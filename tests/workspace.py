@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from kdm import config, dag
+from kdm.pairset import open_pairset
 
 ROOT = Path(__file__).resolve().parents[1]       # the project checkout
 TINY = yaml.safe_load((Path(__file__).with_name("params") / "tiny.yaml").read_text())
@@ -134,3 +135,23 @@ def dvc_stages(dvc_yaml: dict) -> dict[str, dict]:
 def dvc_jobs(dvc_yaml: dict) -> set[tuple]:
     """(shell command, inputs, outputs) of each stage of a dvc.yaml, as snakemake_jobs reads Snakemake's."""
     return {(s["cmd"], frozenset(s["deps"]), frozenset(s["outs"])) for s in dvc_stages(dvc_yaml).values()}
+
+
+def add_store_arguments(p) -> None:
+    """--params, --experiment and --store of the scripts that train checkerboard KDMs on a built store."""
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--experiment", default="checkerboard", help="an experiment with checkerboard data")
+    p.add_argument("--store", help="the pair store (default: the experiment's, results/<experiment>/store/)")
+
+
+def checkerboard_store(p, a) -> tuple[dict, Path, object]:
+    """(params, store path, store) that add_store_arguments' arguments name; a parser error where they name no
+    checkerboard experiment or no built store."""
+    params = config.load(a.params)
+    if a.experiment not in params or params[a.experiment]["data"]["kind"] != "checkerboard":
+        p.error(f"--experiment {a.experiment}: expected an experiment of {a.params} with checkerboard data")
+    store_path = Path(a.store or dag.store_dir(a.experiment))
+    if not (store_path / "manifest.json").is_file():
+        p.error(f"--store {store_path}: no pair store there; make it first: "
+                f"snakemake --cores all {dag.store_dir(a.experiment)}")
+    return params, store_path, open_pairset(store_path)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import time
 
 from kdm import datasets, teachers
-from kdm.edm import edm_loss
-from kdm.device import device, rank_batch, ranks
-from kdm.models import ARCHS, build
+from kdm.device import device, ranks
+from kdm.models import ARCHS
 from kdm.provenance import fingerprint
-from kdm.training import train_loop, write_run
+from kdm.training import teacher_setup, train_loop, write_run
 
 
 def run(stage, P):
@@ -18,16 +17,8 @@ def run(stage, P):
 
 
 def train(stage, P):
-    data, t = datasets.make(P["data"]), P["teacher"]
-    kwargs = dict(data_shape=list(data.shape), net=t["net"], sigma_data=t["sigma_data"], label_dim=data.label_dim)
-    net, on = build("teacher", kwargs, seed=t["seed"]), device()
-    batch = rank_batch(t["batch"], "teacher.batch")      # this process's share (torchrun: of WORLD_SIZE)
-
-    def batch_losses(gen):
-        x0, labels = data.sample(batch, gen)
-        labels = None if labels is None else labels.to(on)
-        return {"edm": edm_loss(net, x0.to(on), gen, t["P_mean"], t["P_std"], labels)}
-
+    data, t, on = datasets.make(P["data"]), P["teacher"], device()
+    net, kwargs, batch_losses = teacher_setup(t, data, on)
     started = time.perf_counter()
     ema, rows = train_loop(net, batch_losses, {}, t, seed=t["seed"], desc=stage.name,
                            checkpoint=stage.scratch_path, run_id=fingerprint(P), on=on)

@@ -3,7 +3,7 @@
 # own timeout (together under 10 minutes): the KDM student of EXP (default cifar10-uncond) in fp32, bf16,
 # bf16 + channels-last and bf16 + compiled UNet blocks, then the teacher's pairs/s in fp32 and bf16. One that
 # fails or runs out of time is reported and the others still run. Arguments after EXP go to every call (on a
-# CPU, to test this script: --scale small --batch 2 --steps 1 --pairs-batch 2).
+# CPU, to test this script: --scale small --batch 2 --steps 3 --repeats 1 --pairs-batch 2).
 #
 #   bash workflow/benchmark/gpu-profile.sh [EXP [PROFILE OPTIONS...]]
 #
