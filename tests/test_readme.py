@@ -41,6 +41,10 @@ NOT_HERE = {   # what this machine cannot run, and why
     "python -m kdm reference cifar10-uncond": "needs CIFAR-10 and Inception weights (tests/test_reference.py)",
     "snakemake --sdm conda": "needs conda or mamba, which this machine does not have",
     "dvc push": "needs a DVC remote; a fresh clone configures none",
+    "python tests/authors_speed.py --authors-src ../KDM": "needs a checkout of the KDM authors' code, which the "
+                                                          "project does not download, and what their trainer imports",
+    'pip install -e ".[authors]"': "installs what only the authors' trainer needs (piq, pytorch-image-generation-"
+                                   "metrics) into the environment the tests run in",
     "python tests/authors_ablation.py": "a measurement, not a check: 27 trainings of 3000 iterations at batch 1024 "
                                         "(minutes); every part of it is the training and evaluation code the "
                                         "pipeline's tests run",
