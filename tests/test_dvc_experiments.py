@@ -53,8 +53,8 @@ def test_exp_show_lists_each_models_headline_number_per_experiment(repo):
 def test_metrics_show_and_diff_read_the_declared_metrics(repo):
     shown = json.loads(repo.dvc("metrics", "show", "--json").stdout)
     (files,) = [rev["data"] for rev in shown.values()]
-    assert set(files) == {"results/table.json", *(f"results/checkerboard/eval/{m}/metrics.json"
-                                                  for m in ("teacher", "kdm-s0", "kd-s0"))}
+    assert set(files) == {"results/table.json", "results/checkerboard/rederive.json",
+                          *(f"results/checkerboard/eval/{m}/metrics.json" for m in ("teacher", "kdm-s0", "kd-s0"))}
     diff = json.loads(repo.dvc("metrics", "diff", "--json").stdout)       # the experiment's workspace vs HEAD
     assert "sw2" in diff["results/checkerboard/eval/kdm-s0/metrics.json"], diff
     assert set(diff) <= {"results/checkerboard/eval/kdm-s0/metrics.json", "results/table.json"}, diff
