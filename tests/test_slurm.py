@@ -15,7 +15,7 @@ from workspace import Workspace
 
 pytestmark = pytest.mark.e2e
 
-GPU_RULES = {"teacher", "pairs", "train_kdm", "train_kd"}     # rules that ask for a GPU (gpus: 1 by default)
+GPU_RULES = {"teacher", "pairs", "rederive", "train_kdm", "train_kd"}   # rules that ask for a GPU (gpus: 1 default)
 RULES = GPU_RULES | {"store", "evaluate_teacher", "evaluate_student", "table"}
 
 
@@ -68,7 +68,7 @@ def test_pipeline_runs_through_slurm(tmp_path, node):
     log = r.stdout + r.stderr
 
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.", log)
-    assert len(submitted) == 10, log[-4000:]           # every job of the tiny DAG but the local `all` and `check`
+    assert len(submitted) == 11, log[-4000:]           # every job of the tiny DAG but the local `all` and `check`
     rules = set()
     for jobid, slurm_log in submitted:
         job = slurm_job(jobid)

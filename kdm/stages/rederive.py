@@ -3,8 +3,7 @@ sampled again with the teacher file and sampler the store recorded (kdm.sampling
 x_0 compared with the store's: bitwise, or within `rederive.tolerance`. A mismatch, or a teacher file whose
 sha256 is not the one the pairs recorded, fails the stage naming the seeds, and no report is written.
 
-An imported store records no teacher: it is re-derived with the experiment's teacher (results/<exp>/teacher),
-which must then be the one that made the published pairs (a loaded EDM pickle, say).
+Only for stores the pairs stage sampled (kdm.dag.rederives): an imported one records no teacher that made it.
 
 Writes results/<exp>/rederive.json: the seeds compared and the largest difference of each array.
 """
@@ -23,9 +22,8 @@ def run(stage, P):
     R, store = P["rederive"], open_pairset(stage.deps.store)
     if R["count"] > len(store):
         raise ValueError(f"rederive.count: {R['count']} exceeds the store's {len(store)} pairs; expected at most that")
-    teacher = stage.deps.teacher if "source" in store.meta else None      # imported: no teacher recorded
     tolerance = R.get("tolerance", 0.0)
-    ok, lines, largest = rederive(store, R["count"], R["seed"], teacher=teacher, tolerance=tolerance)
+    ok, lines, largest = rederive(store, R["count"], R["seed"], tolerance=tolerance)
     for line in lines:
         log.info("%s: %s", stage.deps.store, line)
     if not ok:
