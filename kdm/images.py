@@ -22,10 +22,15 @@ def png_path(outdir: Path, seed: int, subdirs: bool) -> Path:
     return Path(outdir) / (f"{seed - seed % 1000:06d}" if subdirs else "") / f"{seed:06d}.png"
 
 
+def pil_image(pixels: np.ndarray) -> Image.Image:
+    """An (h, w, c) uint8 image as PIL's: greyscale (L) for one channel, else RGB."""
+    return Image.fromarray(pixels[:, :, 0], "L") if pixels.shape[2] == 1 else Image.fromarray(pixels, "RGB")
+
+
 def save_pngs(images, seeds, outdir, subdirs: bool = False) -> None:
     """(n, c, h, w) images in [-1, 1] as one PNG per seed: greyscale (L) for one channel, else RGB."""
     pixels = to_uint8(images).permute(0, 2, 3, 1).numpy()
     for seed, px in zip(np.asarray(seeds).tolist(), pixels):
-        image = Image.fromarray(px[:, :, 0], "L") if px.shape[2] == 1 else Image.fromarray(px, "RGB")
+        image = pil_image(px)
         with atomic_path(png_path(outdir, seed, subdirs)) as tmp:
             image.save(tmp, format="PNG")

@@ -40,12 +40,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from kdm.edm import seed_latents
-from kdm.images import to_uint8
+from kdm.images import pil_image, to_uint8
 from kdm.io import atomic_path
+from kdm.nets import one_hot
 from kdm.pairimport import get_layout, noise_to_xT
 from kdm.pairset import PairSet, PairSetError, card, open_pairset
 
@@ -76,12 +76,7 @@ def save_npz(path: Path, arrays: dict) -> None:
 def save_png(path: Path, pixels: np.ndarray) -> None:
     """An HWC uint8 image as dataset_tool.py saves it: greyscale or RGB, uncompressed."""
     path.parent.mkdir(exist_ok=True)
-    Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(path, format="png", compress_level=0,
-                                                                                optimize=False)
-
-
-def _one_hot(labels: np.ndarray, label_dim: int) -> np.ndarray:
-    return np.eye(label_dim, dtype=np.float32)[labels]
+    pil_image(pixels).save(path, format="png", compress_level=0, optimize=False)
 
 
 def unit_noise(store: PairSet, lo: int, hi: int, regenerate: bool) -> np.ndarray:
@@ -124,7 +119,7 @@ def write_get(store: PairSet, n: int, out: Path, batch: int, bar) -> dict:
         lo, hi = int(seeds[0]) - start, int(seeds[-1]) - start + 1       # one GPU: a chunk is contiguous seeds
         eps = torch.from_numpy(unit_noise(store, lo, hi, regenerate))
         x0 = torch.from_numpy(np.array(store["x0"][lo:hi], np.float32 if label_dim else np.float64))
-        latent = [eps, torch.from_numpy(_one_hot(store["labels"][lo:hi], label_dim))] if label_dim else eps
+        latent = [eps, one_hot(np.array(store["labels"][lo:hi]), label_dim)] if label_dim else eps
         save_get_chunk(out, f"{name:09d}.pkl", latent, x0)
         bar.update(hi - lo)
     return {"data": ".", "options": {"seed_start": start, "batch": batch, "world_size": 1},
@@ -142,7 +137,7 @@ def write_kdm_npz(store: PairSet, n: int, out: Path, batch: int, bar) -> dict:
     for lo in range(0, n, BLOCK):
         hi = min(lo + BLOCK, n)
         ends = np.stack([store["x0"][lo:hi], store["xT"][lo:hi]], axis=1).astype(np.float64)   # [x_0, x_T] each
-        labels = _one_hot(store["labels"][lo:hi], label_dim) if label_dim else None
+        labels = one_hot(np.array(store["labels"][lo:hi]), label_dim).numpy() if label_dim else None
         for i, seed in enumerate(seeds[lo:hi].tolist()):
             save_npz(out / KDM_DIR / f"path{seed}.npz",
                      {"endpoints": ends[i], "label": labels[i]} if label_dim else {"arr_0": ends[i]})

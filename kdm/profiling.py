@@ -351,11 +351,11 @@ def profile(P: dict, exp: str, out: Path, on: torch.device, models=("kdm",), var
                 if E["teacher"].get("source", "train") != "train":
                     raise ValueError(f"models: {exp}'s teacher is loaded (teacher.source "
                                      f"{E['teacher']['source']}), not trained: nothing to profile")
-                p, source = {**E["teacher"], "net": setup["teacher"]["net"]}, datasets.make(E["data"])
+                p = {**E["teacher"], "net": setup["teacher"]["net"], "batch": batch or (8 if small else
+                                                                                       E["teacher"]["batch"])}
+                source = datasets.make(E["data"])
             else:
-                p = dict(E[model])
-            p["batch"] = batch or (8 if small else p["batch"])
-            if model != "teacher":
+                p = {**E[model], "batch": batch or (8 if small else E[model]["batch"])}
                 if p["rec_loss"]["kind"] == "lpips":
                     p["rec_loss"] = random_lpips(p["rec_loss"], tmp)
                 source = synthetic_store(tmp / model, setup["shape"], setup["label_dim"], max(4 * p["batch"], 64),
