@@ -223,6 +223,10 @@ def _check_pairs(source: str, name: str, exp: dict) -> None:
         if pairs["sigma_max"] != exp["sampler"]["sigma_max"]:
             raise ParamsError(f"{source}: {name}.pairs.sigma_max: {pairs['sigma_max']} differs from "
                               f"{name}.sampler.sigma_max = {exp['sampler']['sigma_max']}; expected the same x_T scale")
+        if "rederive" in exp:   # a key no stage would read: say so rather than ignore it
+            raise ParamsError(f"{source}: {name}.rederive: imported pairs record no teacher that made them, so no "
+                              "stage can re-sample them; expected no rederive section (check them with python -m kdm "
+                              f"verify {name} --rederive N --teacher PATH)")
         return
     if pairs["count"] % pairs["shards"]:
         raise ParamsError(f"{source}: {name}.pairs.shards: {pairs['shards']} does not divide "

@@ -113,6 +113,9 @@ def test_schema_file_is_the_one_snakemake_validates_with():
 def test_imported_pairs_replace_the_sampled_keys(params):
     p = copy.deepcopy(params)
     p["checkerboard"]["pairs"] = IMPORT | {"format": "get", "options": {"seed_start": 0, "batch": 250, "world_size": 4}}
+    with pytest.raises(ParamsError, match=r"checkerboard\.rederive: imported pairs record no teacher"):
+        config.validate(p, "p.yaml")            # a section no stage could act on is refused, not ignored
+    del p["checkerboard"]["rederive"]
     config.validate(p)
 
 

@@ -36,6 +36,7 @@ def imported(path) -> dict:
     params = tiny_digits(EXP)
     params[EXP]["classifier"]["iterations"] = 10        # the evaluator is not what this tests
     params[EXP]["evaluate"].update(samples=100, kid_subset=50)
+    params[EXP].pop("rederive", None)                  # imported pairs record no teacher to re-sample
     params[EXP]["pairs"] = {"source": "import", "format": "get", "path": str(path), "sigma_max": 80.0,
                             "options": {"seed_start": 0, "batch": 64, "world_size": 1}}
     return params

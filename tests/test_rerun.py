@@ -63,6 +63,7 @@ def all_params(tmp: Path) -> dict:
     exp = params["digits"]                        # the store imports it (no stage reads the files here)
     for name in ("get", "get-changed"):           # its folder, as named and as the key's change names it
         (tmp / name).mkdir()
+    exp.pop("rederive", None)                  # imported pairs record no teacher to re-sample
     exp["pairs"] = {"source": "import", "format": "get", "path": str(tmp / "get"),
                     "sigma_max": exp["sampler"]["sigma_max"],
                     "options": {"seed_start": 0, "batch": 64, "world_size": 1}}
