@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from edm_generate import edm_generate_latents
+from conftest import tiny_digits
 from workspace import TINY_UNET
 from kdm import dag
 from kdm.datasets import Digits
@@ -226,3 +227,30 @@ def test_device_choice_is_checked(monkeypatch):
     monkeypatch.setenv("KDM_DEVICE", "tpu")
     with pytest.raises(ValueError, match="KDM_DEVICE='tpu': expected 'cpu', or 'cuda'"):
         device()
+
+
+def test_adversary_at_weight_zero_is_not_trained_and_changes_no_byte(tmp_path):
+    """A loss-term ablation (kdm.loss_weights.adv: 0) trains no discriminator: the same student, bitwise, as one
+    trained beside a discriminator whose term is weighted 0."""
+    from kdm.pairset import open_pairset, write_pairset
+    from kdm.training import student_setup
+    g = torch.Generator().manual_seed(0)
+    write_pairset(tmp_path / "store", {"x0": (torch.rand(64, *SHAPE, generator=g) * 2 - 1).numpy(),
+                                       "xT": (torch.randn(64, *SHAPE, generator=g) * 80).numpy(),
+                                       "seeds": np.arange(64)},
+                  {"teacher": {"label_dim": 0}, "sampler": {"sigma_max": 80.0}})
+    store = open_pairset(tmp_path / "store")
+    p = tiny_digits("digits")["digits"]["kdm"] | {"iterations": 6, "batch": 8, "log_every": 2}
+    p["loss_weights"] = p["loss_weights"] | {"adv": 0.0}
+    assert p.get("adversary")
+    net, _, batch_losses, companions = student_setup("kdm", p, store, seed=0, on=torch.device("cpu"))
+    assert "adversary" not in companions
+    got, rows = train_loop(net, batch_losses, p["loss_weights"], p, seed=0)
+    assert "adv" not in rows[-1] and "disc" not in rows[-1]
+
+    net, _, batch_losses, _ = student_setup("kdm", p | {"loss_weights": p["loss_weights"] | {"adv": 0.01}}, store,
+                                            seed=0, on=torch.device("cpu"))      # built with its discriminator,
+    ref, ref_rows = train_loop(net, batch_losses, p["loss_weights"], p, seed=0)     # its term weighted 0
+    assert "disc" in ref_rows[-1]
+    for a, b in zip(ref.state_dict().values(), got.state_dict().values()):
+        assert torch.equal(a, b)
