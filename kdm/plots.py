@@ -217,7 +217,8 @@ def sweep(table, x, metric: str, lower_is_better: bool, teacher, own: dict, publ
     names = list(dict.fromkeys(table["point"]))
     for model, rows in table.groupby("model", sort=False):
         at = rows[x].astype(float) if numeric else [names.index(p) for p in rows["point"]]
-        ax.errorbar(at, rows[metric], yerr=rows.get(f"{metric}_std"), fmt="o-", capsize=3, label=model)
+        ax.errorbar(at, rows[metric], yerr=rows.get(f"{metric}_std"), fmt="o-" if numeric else "o", capsize=3,
+                    label=model)        # points in order are not a continuum: no line between them
     if teacher is not None:
         ax.axhline(teacher, color="k", ls=":", lw=1, label="teacher")
     for (model, value), ls in zip(own.items(), ("--", "-.")):
@@ -237,6 +238,9 @@ def sweep(table, x, metric: str, lower_is_better: bool, teacher, own: dict, publ
         ax.set_xlabel("point")
     ax.set_ylabel(f"{metric} ({'lower' if lower_is_better else 'higher'} is better)")
     ax.set_title(title, fontsize=7)
-    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=1 if len(published) else 2)
+    if numeric:
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=1 if len(published) else 2)
+    else:                               # below the plot it would cover the points' rotated names
+        ax.legend(fontsize=6, loc="best")
     fig.tight_layout()
     _save(fig, path)
