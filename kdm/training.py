@@ -360,7 +360,7 @@ def student_setup(model: str, p: dict, store, seed: int, on):
     if model == "kdm":
         extra["latent_noise"] = p["latent_noise"]
         # the discriminator sees images: (channels, resolution, resolution); at weight 0 its term moves nothing,
-        # so none is trained (the student's bytes are the same, its steps a third faster on digits)
+        # so none is trained (the student's bytes are the same; a third of a digits step's FLOPs saved)
         if p.get("adversary") and p["loss_weights"]["adv"]:
             extra["adversary"] = companions["adversary"] = Adversary(
                 shape[0], shape[-1], p["adversary"]["widths"], p["lr"], p["betas"], seed=seed + 1,

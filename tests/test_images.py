@@ -12,7 +12,8 @@ from kdm.datasets import Digits
 from kdm.nets import Discriminator, make_net
 from kdm.students import Adversary, KoopmanStudent, OneStepStudent, rec_loss
 from kdm.models import build, load_model, save_model
-from kdm.training import train_loop
+from kdm.pairset import open_pairset, write_pairset
+from kdm.training import student_setup, train_loop
 
 SHAPE = (1, 8, 8)
 HUBER = rec_loss({"kind": "pseudo_huber", "c": 0.03})
@@ -232,8 +233,6 @@ def test_device_choice_is_checked(monkeypatch):
 def test_adversary_at_weight_zero_is_not_trained_and_changes_no_byte(tmp_path):
     """A loss-term ablation (kdm.loss_weights.adv: 0) trains no discriminator: the same student, bitwise, as one
     trained beside a discriminator whose term is weighted 0."""
-    from kdm.pairset import open_pairset, write_pairset
-    from kdm.training import student_setup
     g = torch.Generator().manual_seed(0)
     write_pairset(tmp_path / "store", {"x0": (torch.rand(64, *SHAPE, generator=g) * 2 - 1).numpy(),
                                        "xT": (torch.randn(64, *SHAPE, generator=g) * 80).numpy(),
