@@ -218,6 +218,8 @@ def export_pairs(store_path, fmt: str, out, count: int | None = None, batch: int
         if fmt != "edm-png":
             summary["import"] = {"pairs": {"source": "import", "format": fmt,
                                            "path": str((out / layout["data"]).resolve()), "sigma_max": sigma_max}
-                                 | ({"options": layout["options"]} if layout["options"] else {})}
+                                 | ({"options": layout["options"]} if layout["options"] else {}),
+                                 "note": "replaces the experiment's pairs: section; drop its rederive: section too "
+                                         "(an imported set records no teacher to re-sample)"}
         (tmp / "EXPORT.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -206,9 +206,9 @@ def benchmarks(table, path) -> None:
 
 def sweep(table, x, metric: str, lower_is_better: bool, teacher, own: dict, published, reference, path,
           title: str) -> None:
-    """A sweep's headline metric per point, one line per student (bars: std over seeds): against column `x` of
-    the table when it is numeric (an axis, or e.g. params; log scale where its values span a decade or more), else
-    against the points in order; the teacher and the experiment's own students (where a point is one) as
+    """A sweep's headline metric per point, one series per student (bars: std over seeds): a line against column
+    `x` of the table when it is numeric (an axis, or e.g. params; log scale where its values span a decade or
+    more), else markers at the points in order; the teacher and the experiment's own students (where a point is one) as
     horizontal lines; published rows that have `x` as squares, filled where they share our reference, hollow
     (and said not comparable) where not."""
     fig, ax = plt.subplots(figsize=(6.4, 5.2 if len(published) else 4.6))

@@ -244,12 +244,13 @@ def test_adversary_at_weight_zero_is_not_trained_and_changes_no_byte(tmp_path):
     assert p.get("adversary")
     net, _, batch_losses, companions = student_setup("kdm", p, store, seed=0, on=torch.device("cpu"))
     assert "adversary" not in companions
-    got, rows = train_loop(net, batch_losses, p["loss_weights"], p, seed=0)
+    got, rows = train_loop(net, batch_losses, p["loss_weights"], p, seed=0, companions=companions)
     assert "adv" not in rows[-1] and "disc" not in rows[-1]
 
-    net, _, batch_losses, _ = student_setup("kdm", p | {"loss_weights": p["loss_weights"] | {"adv": 0.01}}, store,
-                                            seed=0, on=torch.device("cpu"))      # built with its discriminator,
-    ref, ref_rows = train_loop(net, batch_losses, p["loss_weights"], p, seed=0)     # its term weighted 0
+    net, _, batch_losses, companions = student_setup("kdm", p | {"loss_weights": p["loss_weights"] | {"adv": 0.01}},
+                                                     store, seed=0, on=torch.device("cpu"))   # with a discriminator,
+    ref, ref_rows = train_loop(net, batch_losses, p["loss_weights"], p, seed=0,               # its term weighted 0
+                               companions=companions)
     assert "disc" in ref_rows[-1]
     for a, b in zip(ref.state_dict().values(), got.state_dict().values()):
         assert torch.equal(a, b)

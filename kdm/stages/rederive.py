@@ -3,7 +3,8 @@ sampled again with the teacher file and sampler the store recorded (kdm.sampling
 x_0 compared with the store's: bitwise, or within `rederive.tolerance`. A mismatch, or a teacher file whose
 sha256 is not the one the pairs recorded, fails the stage naming the seeds, and no report is written.
 
-Only for stores the pairs stage sampled (kdm.dag.rederives): an imported one records no teacher that made it.
+Only for stores the pairs stage sampled (the params check refuses `rederive` for imported pairs, which record no
+teacher that made them).
 
 Writes results/<exp>/rederive.json: the seeds compared and the largest difference of each array.
 """
