@@ -347,15 +347,14 @@ def profile(P: dict, exp: str, out: Path, on: torch.device, models=("kdm",), var
     with tempfile.TemporaryDirectory(prefix="kdm-profile-") as tmp:
         tmp = Path(tmp)
         for model in models:
+            if model == "teacher" and E["teacher"].get("source", "train") != "train":
+                raise ValueError(f"models: {exp}'s teacher is loaded (teacher.source "
+                                 f"{E['teacher']['source']}), not trained: nothing to profile")
+            p = {**E[model], "batch": batch or (8 if small else E[model]["batch"])}
             if model == "teacher":          # the EDM loss on the experiment's own data
-                if E["teacher"].get("source", "train") != "train":
-                    raise ValueError(f"models: {exp}'s teacher is loaded (teacher.source "
-                                     f"{E['teacher']['source']}), not trained: nothing to profile")
-                p = {**E["teacher"], "net": setup["teacher"]["net"], "batch": batch or (8 if small else
-                                                                                       E["teacher"]["batch"])}
+                p["net"] = setup["teacher"]["net"]
                 source = datasets.make(E["data"])
             else:
-                p = {**E[model], "batch": batch or (8 if small else E[model]["batch"])}
                 if p["rec_loss"]["kind"] == "lpips":
                     p["rec_loss"] = random_lpips(p["rec_loss"], tmp)
                 source = synthetic_store(tmp / model, setup["shape"], setup["label_dim"], max(4 * p["batch"], 64),
