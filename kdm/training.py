@@ -140,8 +140,8 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
 
     The model (and companions) train on device `on`; `batch_losses` must hand it batches there.
 
-    Terms without a gradient (e.g. a discriminator's own loss, stepped by its `companion`) are logged,
-    not summed. `companions` (name -> object with to/state_dict/load_state_dict: kdm.students.Adversary,
+    Terms without a gradient (e.g. a discriminator's own loss, stepped by its `companion`) or weighted 0
+    are logged, not summed. `companions` (name -> object with to/state_dict/load_state_dict: kdm.students.Adversary,
     EpochOrder) hold state that `batch_losses` changes; they are saved in, and restored from, the checkpoints.
 
     Non-finite gradient entries are zeroed, as in the authors' code; a loss that stays non-finite for
@@ -227,7 +227,9 @@ def train_loop(model: torch.nn.Module, batch_losses: Callable[[torch.Generator],
         with torch.autocast(on.type, dtype=torch.bfloat16, enabled=bf16), record_function("kdm:losses"):
             terms = losses(gen)
         terms = {k: v.float() for k, v in terms.items()}       # the same tensors in fp32
-        loss = sum(weights.get(k, 1.0) * v for k, v in terms.items() if v.requires_grad)
+        # a term weighted 0 is logged but left out of the sum: backward never runs through it, and its zero
+        # gradients added nothing (the same bytes; the checkerboard KDM, push 0, steps 1.14x faster)
+        loss = sum(weights.get(k, 1.0) * v for k, v in terms.items() if v.requires_grad and weights.get(k, 1.0))
         opt.zero_grad(set_to_none=True)
         with record_function("kdm:backward"):
             loss.backward()

@@ -74,6 +74,31 @@ def test_training_reduces_the_loss_and_is_deterministic():
         assert torch.equal(a, b)
 
 
+def test_a_term_weighted_zero_is_logged_but_not_backpropagated():
+    """The checkerboard KDM's push term (weight 0) is logged, backward never runs through it, and the student
+    is bitwise the one trained with its zero gradients added in."""
+    def fit(fold: bool):
+        net = build("kdm", dict(data_shape=[2], net={"kind": "mlp", "hidden": 32, "layers": 3}, latent_dim=16,
+                                x_T_scale=80.0), seed=3)
+        reached = []
+
+        def batch(gen):
+            x_T = torch.randn(64, 2, generator=gen) * 80
+            terms = net.losses(x_T.tanh(), x_T, gen, latent_noise=0.4, rec=rec_loss({"kind": "l2"}))
+            terms["push"].register_hook(reached.append)
+            if fold:        # as before: 0 * push in the summed loss, its gradients (zeros) added to the others'
+                terms["rec"] = terms["rec"] + 0.0 * terms.pop("push")
+            return terms
+        optim = dict(iterations=20, batch=64, lr=1e-2, lr_schedule="cosine", betas=[0.9, 0.999], ema=0.5, log_every=5)
+        ema, rows = train_loop(net, batch, {"push": 0.0}, optim, seed=5)
+        return ema, rows, reached
+    (ema, rows, reached), (ref, _, ref_reached) = fit(False), fit(True)
+    assert "push" in rows[-1] and np.isfinite(rows[-1]["push"])
+    assert not reached and len(ref_reached) == 20
+    for a, b in zip(ema.state_dict().values(), ref.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 def test_nonfinite_gradients_are_zeroed():
     net = torch.nn.Linear(2, 1)
     before = net.weight.detach().clone()
